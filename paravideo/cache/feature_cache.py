@@ -1,0 +1,50 @@
+"""The per-GPU feature cache: K/V of a newer block's head frames, kept from its own forward."""
+
+from __future__ import annotations
+
+import torch
+
+from paravideo.models.hooks import AttentionCall
+
+
+class FeatureCache:
+    """A K/V hook: stores the head K/V a forward is told to keep, appends the future block's K/V.
+
+    Block k+1 runs before block k in an iteration on the same stage, so its head K/V (taken after
+    norm and RoPE at global positions) are ready for block k at every layer with no recomputation
+    and no communication. An entry is dropped once read or once its block moves on.
+    """
+
+    name = "feature_cache"
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.reads = 0
+
+    def __call__(self, call: AttentionCall, key: torch.Tensor, value: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        info = call.info
+        if info.keep_head_frames:
+            lo = info.context_frames * info.tokens_per_frame
+            hi = lo + info.keep_head_frames * info.tokens_per_frame
+            self._store[(info.block, call.layer)] = (key[:, lo:hi].clone(), value[:, lo:hi].clone())
+        if info.future_block is not None:
+            entry = self._store.pop((info.future_block, call.layer), None)
+            assert entry is not None, (f"feature cache has no K/V of block {info.future_block} at layer "
+                                       f"{call.layer}: the plan order was not followed")
+            self.reads += 1
+            key = torch.cat([key, entry[0]], dim=1)
+            value = torch.cat([value, entry[1]], dim=1)
+        return key, value
+
+    def peek(self, block: int, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The stored head K/V of `block` at `layer`, if any (for tests and inspection)."""
+        return self._store.get((block, layer))
+
+    def nbytes(self) -> int:
+        """Bytes held now."""
+        return sum(k.numel() * k.element_size() * 2 for k, _ in self._store.values())
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._store.clear()

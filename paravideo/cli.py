@@ -1,0 +1,68 @@
+"""Command line: `paravideo generate | validate | plan ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from paravideo.errors import ParavideoError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paravideo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate a video from a YAML config")
+    val = sub.add_parser("validate", help="check a config and print the resolved config and plan")
+    for p in (gen, val):
+        p.add_argument("-c", "--config", required=True, help="YAML config file")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set sampling.steps=10 (repeatable)")
+    val.add_argument("--world-size", type=int, default=None, help="check the degrees against this many ranks")
+    return parser
+
+
+def _cmd_generate(args) -> int:
+    from paravideo.config import load_config
+    from paravideo.generate import generate
+
+    config = load_config(args.config, args.overrides)
+    report = generate(config)
+    if report is not None:
+        print(f"wrote {report.frames} frames ({report.blocks} block(s), {report.latent_frames} latent frames) "
+              f"to {report.video} in {report.wall_s:.1f} s; report: {config.output.dir}/run.json")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from paravideo.config import load_config
+    from paravideo.generate import preflight
+    from paravideo.worker import build_plan
+
+    config = load_config(args.config, args.overrides)
+    tconfig = preflight(config, world_size=args.world_size)
+    plan = build_plan(config)
+    print(json.dumps({"config": config.resolved(), "model_layers": tconfig["num_layers"],
+                      "plan": {"blocks": [b.frames for b in plan.blocks], "iterations": plan.iterations,
+                               "max_queue": plan.max_queue, "latent_frames": plan.latent_frames,
+                               "frames": config.video.num_frames}}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `paravideo` console script."""
+    args = _parser().parse_args(argv)
+    handlers = {"generate": _cmd_generate, "validate": _cmd_validate}
+    try:
+        return handlers[args.command](args)
+    except ParavideoError as err:
+        print(f"paravideo: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("paravideo: interrupted; the video written so far is finalised as video.incomplete.mp4",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

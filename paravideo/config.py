@@ -1,0 +1,225 @@
+"""The run config: a typed tree loaded strictly from YAML, with dotted `--set` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from paravideo.errors import ConfigError
+
+# Wan's VAE compresses time 4x; the DiT patchifies 2x2 after the VAE's 8x, so sizes step by 16.
+TIME_STRIDE = 4
+SPATIAL_MULTIPLE = 16
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    path: str = Field("builtin:tiny", description="diffusers-format Wan T2V folder, or builtin:tiny / builtin:small")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="DiT compute dtype")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
+    text_max_length: int = Field(512, ge=1, description="prompt tokens (Wan was trained with 512)")
+
+    @field_validator("path")
+    @classmethod
+    def _path_known(cls, value: str) -> str:
+        from paravideo.models.builtin import BUILTIN_SPECS
+
+        if value.startswith("builtin:") and value.removeprefix("builtin:") not in BUILTIN_SPECS:
+            raise ValueError(f"unknown built-in model {value!r}; choose one of "
+                             + ", ".join(f"builtin:{n}" for n in BUILTIN_SPECS))
+        return value
+
+
+class PromptSpan(_Section):
+    from_frame: int = Field(ge=0, description="first output frame this prompt conditions")
+    text: str = Field(min_length=1, description="the prompt")
+
+
+class VideoConfig(_Section):
+    prompt: str | None = Field(None, description="the prompt for the whole video")
+    prompts: list[PromptSpan] | None = Field(None, description="a prompt schedule (alternative to prompt)")
+    negative_prompt: str = Field("", description="classifier-free guidance's negative prompt")
+    num_frames: int = Field(17, ge=1, description="output frames, 4k+1")
+    height: int = Field(64, ge=16, description="pixels, a multiple of 16")
+    width: int = Field(64, ge=16, description="pixels, a multiple of 16")
+    fps: int = Field(16, ge=1, le=240, description="frames per second of the mp4")
+
+    @field_validator("num_frames")
+    @classmethod
+    def _frames_4k1(cls, value: int) -> int:
+        if (value - 1) % TIME_STRIDE:
+            lower = (value - 1) // TIME_STRIDE * TIME_STRIDE + 1
+            raise ValueError(f"must be of the form 4k+1 (Wan's VAE compresses time 4x); "
+                             f"nearest valid values: {lower} or {lower + TIME_STRIDE}")
+        return value
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value % SPATIAL_MULTIPLE:
+            lower = value // SPATIAL_MULTIPLE * SPATIAL_MULTIPLE
+            raise ValueError(f"must be a multiple of {SPATIAL_MULTIPLE} (VAE 8x, patch 2x2); "
+                             f"nearest valid values: {lower or SPATIAL_MULTIPLE} or {lower + SPATIAL_MULTIPLE}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_prompt_source(self) -> VideoConfig:
+        if (self.prompt is None) == (self.prompts is None):
+            raise ValueError("set exactly one of video.prompt or video.prompts")
+        if self.prompts is not None:
+            starts = [span.from_frame for span in self.prompts]
+            if not starts or starts[0] != 0:
+                raise ValueError("video.prompts must start with from_frame: 0")
+            if any(b <= a for a, b in zip(starts, starts[1:])):
+                raise ValueError(f"video.prompts from_frame values must increase strictly, got {starts}")
+            if starts[-1] >= self.num_frames:
+                raise ValueError(f"video.prompts from_frame {starts[-1]} is past the last frame "
+                                 f"(video.num_frames = {self.num_frames})")
+        return self
+
+    @property
+    def latent_frames(self) -> int:
+        """Latent frames after the VAE's 4x causal time compression."""
+        return (self.num_frames - 1) // TIME_STRIDE + 1
+
+    def prompt_spans(self) -> list[PromptSpan]:
+        """The prompt schedule, a single span when only `prompt` is set."""
+        return self.prompts if self.prompts is not None else [PromptSpan(from_frame=0, text=self.prompt)]
+
+
+class SamplingConfig(_Section):
+    steps: int = Field(20, ge=1, le=1000, description="denoising steps")
+    guidance_scale: float = Field(5.0, ge=0.0, description="classifier-free guidance; <= 1 disables it")
+    scheduler: Literal["default", "unipc", "flow_euler", "dpm"] = Field(
+        "default", description="default = the checkpoint's scheduler config")
+    flow_shift: float | None = Field(None, gt=0.0, description="override the scheduler's flow shift")
+    seed: int = Field(0, ge=0, description="seeds the noise pool; same seed, same video")
+
+
+class BlocksConfig(_Section):
+    block_frames: int = Field(0, ge=0, description="latent frames per block; 0 = whole video as one block")
+    context_frames: int = Field(0, ge=0, description="latent frames of context from each neighbour")
+    feature_cache: bool = Field(True, description="attend to cached K/V of the newer neighbour's head")
+    noise: Literal["coordinated", "independent"] = Field("coordinated", description="initial noise per block")
+
+
+class ParallelConfig(_Section):
+    pipeline: int = Field(1, ge=1, description="pipeline stages (one rank each)")
+    stage_layers: list[int] | None = Field(None, description="layers per stage, e.g. [3, 5]; default balanced by cost")
+
+
+class LaunchConfig(_Section):
+    launcher: Literal["inline", "local", "torchrun", "ray"] = Field(
+        "inline", description="inline = this process; local = spawn launch.nproc workers here")
+    nproc: int = Field(1, ge=1, description="workers for the local launcher")
+    threads_per_rank: int = Field(1, ge=1, description="torch CPU threads per worker")
+    timeout_s: float = Field(300.0, gt=0, description="a rank waiting longer than this fails the run")
+
+
+class OutputConfig(_Section):
+    dir: str = Field("outputs/run", description="folder for video.mp4 and run.json")
+    overwrite: bool = Field(False, description="allow writing into a folder holding an earlier run")
+    frames_png: bool = Field(False, description="also write every frame as PNG under frames/")
+    progress: bool = Field(True, description="show a progress bar")
+    trace: bool = Field(False, description="also write trace.json (Chrome/Perfetto), one track per rank")
+
+
+class RunConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    video: VideoConfig
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    blocks: BlocksConfig = Field(default_factory=BlocksConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _blocks_fit(self) -> RunConfig:
+        latent = self.video.latent_frames
+        block, ctx = self.blocks.block_frames, self.blocks.context_frames
+        if block > latent:
+            raise ValueError(f"blocks.block_frames = {block} is larger than the video's {latent} latent frames "
+                             f"(video.num_frames = {self.video.num_frames}); use at most {latent}, or 0 for one block")
+        if ctx and not block:
+            raise ValueError("blocks.context_frames needs blocks.block_frames > 0 (one block has no neighbours)")
+        if ctx > block:
+            raise ValueError(f"blocks.context_frames = {ctx} must not exceed blocks.block_frames = {block}")
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as plain data, defaults filled in."""
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `paravideo validate` lists the resolved config)"
+        elif item["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"  {field}: {msg}" + (f" (got {item['input']!r})" if item["type"].endswith("_type") else ""))
+    return "\n".join(lines)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set sampling.steps=10")
+    key, raw = item.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: malformed key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted KEY=VALUE overrides (values parsed as YAML scalars) to raw config data."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def parse_config(data: Any, *, source: str = "(dict)") -> RunConfig:
+    """Validate raw config data into a RunConfig, raising ConfigError naming each bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping of sections, "
+                          f"got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config file (safe loader), apply overrides, validate."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    data = {} if data is None else data
+    if isinstance(data, dict):
+        data = apply_overrides(data, overrides or [])
+    return parse_config(data, source=str(path))

@@ -1,0 +1,22 @@
+"""Project error types: user mistakes get these, internal invariants use assert."""
+
+
+class ParavideoError(Exception):
+    """Base of every error paravideo raises on purpose."""
+
+
+class ConfigError(ParavideoError, ValueError):
+    """The config (or a CLI argument) is invalid; the message names the field and the fix."""
+
+
+class ModelLoadError(ParavideoError):
+    """A model folder is missing, incomplete or malformed."""
+
+
+class RankFailure(ParavideoError):
+    """A worker rank failed; the message names the rank and the cause."""
+
+    def __init__(self, rank: int, cause: str):
+        super().__init__(f"rank {rank} failed: {cause}")
+        self.rank = rank
+        self.cause = cause

@@ -1,0 +1,50 @@
+"""`generate`: validate everything that can be checked cheaply, prepare the output folder, launch."""
+
+from __future__ import annotations
+
+from paravideo.config import RunConfig
+from paravideo.errors import ConfigError
+from paravideo.launch import launch, under_torchrun
+from paravideo.models.builtin import BUILTIN_PREFIX
+from paravideo.output_dir import prepare_output_dir
+from paravideo.report.run_report import RunReport
+
+
+def preflight(config: RunConfig, *, world_size: int | None = None) -> dict:
+    """Checks that need no worker: model folder, degrees against world size and layers. Returns the
+    transformer config (None for a built-in model not yet built)."""
+    from paravideo.models.wan.loading import check_model_folder
+    from paravideo.parallel.layout import ParallelLayout
+    from paravideo.parallel.partition import stage_ranges
+    from pathlib import Path
+
+    layout = ParallelLayout(pipeline=config.parallel.pipeline)
+    if world_size is None:
+        world_size = {"inline": 1, "local": config.launch.nproc}.get(config.launch.launcher, layout.world_size)
+    layout.check_world(world_size)
+    if config.model.path.startswith(BUILTIN_PREFIX):
+        from paravideo.models.builtin import ensure_builtin
+
+        root = ensure_builtin(config.model.path.removeprefix(BUILTIN_PREFIX))
+    else:
+        root = Path(config.model.path).expanduser()
+    try:
+        tconfig = check_model_folder(root)
+    except Exception as err:
+        raise ConfigError(str(err)) from None
+    stage_ranges(tconfig["num_layers"], layout.pipeline, config.parallel.stage_layers)
+    return tconfig
+
+
+def generate(config: RunConfig) -> RunReport | None:
+    """Run one generation job; returns rank 0's report (None on other torchrun ranks)."""
+    if under_torchrun():
+        import os
+
+        preflight(config, world_size=int(os.environ["WORLD_SIZE"]))
+        if os.environ.get("RANK") == "0":
+            prepare_output_dir(config.output.dir, overwrite=config.output.overwrite)
+        return launch(config)
+    preflight(config)
+    prepare_output_dir(config.output.dir, overwrite=config.output.overwrite)
+    return launch(config)

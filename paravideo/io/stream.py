@@ -1,0 +1,27 @@
+"""Finished latent blocks to frames on disk: streaming decode then the video sink."""
+
+from __future__ import annotations
+
+import torch
+
+from paravideo.io.sink import VideoSink
+from paravideo.io.vae_stream import StreamingDecoder, to_uint8_frames
+from paravideo.report.recorder import IO, Recorder
+
+
+class FrameStream:
+    """Decodes each finished block (causal cache carried) and appends its frames to the sink."""
+
+    def __init__(self, decoder: StreamingDecoder, sink: VideoSink, recorder: Recorder):
+        self.decoder, self.sink, self.recorder = decoder, sink, recorder
+        self.blocks_written = 0
+
+    def emit(self, block: int, latents_bcthw: torch.Tensor) -> None:
+        """Decode and write the clean latents of `block` (blocks arrive in order)."""
+        assert block == self.blocks_written, f"block {block} finished out of order"
+        with self.recorder.span(f"decode block {block}", IO, block=block):
+            frames = to_uint8_frames(self.decoder.decode(latents_bcthw))
+        with self.recorder.span(f"write block {block}", IO, block=block, frames=int(frames.shape[0])):
+            self.sink.write(frames)
+        self.recorder.mark("first_frame")
+        self.blocks_written += 1

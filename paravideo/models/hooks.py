@@ -1,0 +1,69 @@
+"""The one hook point in self-attention: named, removable K/V hooks shared by every model adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class ForwardInfo:
+    """What the runtime tells the hooks about the block-forward in flight (set before each forward)."""
+
+    block: int = 0
+    step: int = 0
+    # Latent frames of the query window, and how many leading ones are context from the older block.
+    window_frames: int = 0
+    context_frames: int = 0
+    tokens_per_frame: int = 0
+    # Feature cache: keep K/V of this many leading frames of the block itself (after its context) ...
+    keep_head_frames: int = 0
+    # ... and attend to the cached head K/V of this (newer) block, if any.
+    future_block: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class AttentionCall:
+    """One self-attention call: which layer (global index) and the forward it belongs to."""
+
+    layer: int
+    info: ForwardInfo
+
+
+class KVHook(Protocol):
+    """Sees rotated keys and values `(batch, tokens, heads, head_dim)`; returns the ones to attend to."""
+
+    def __call__(self, call: AttentionCall, key: torch.Tensor, value: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class HookRegistry:
+    """Ordered, named K/V hooks; the adapter's attention processors run them in order."""
+
+    def __init__(self) -> None:
+        self._hooks: dict[str, KVHook] = {}
+        self.info = ForwardInfo()
+
+    def add(self, name: str, hook: KVHook) -> None:
+        """Register `hook` under `name` (a name may be used once)."""
+        if name in self._hooks:
+            raise ValueError(f"a K/V hook named {name!r} is already registered")
+        self._hooks[name] = hook
+
+    def remove(self, name: str) -> KVHook:
+        """Unregister and return the hook called `name`."""
+        return self._hooks.pop(name)
+
+    def get(self, name: str) -> KVHook | None:
+        """The hook called `name`, if registered."""
+        return self._hooks.get(name)
+
+    def run(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply every hook in registration order."""
+        call = AttentionCall(layer=layer, info=self.info)
+        for hook in self._hooks.values():
+            key, value = hook(call, key, value)
+        return key, value

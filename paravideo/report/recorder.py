@@ -1,0 +1,94 @@
+"""The one recorder: per-rank busy/idle time, bytes sent by kind, peak memory, and trace spans."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+BUSY, IDLE, IO = "busy", "idle", "io"
+
+
+@dataclass
+class Span:
+    """A timed interval on one rank (seconds since the recorder's start)."""
+
+    name: str
+    kind: str
+    start_s: float
+    end_s: float
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class RankStats:
+    """What one rank reports at the end of a run (a row of run.json's `ranks`)."""
+
+    rank: int
+    layers: list[int]
+    param_bytes: int
+    busy_s: float
+    idle_s: float
+    io_s: float
+    bytes_sent: int
+    bytes_by_kind: dict[str, int]
+    peak_memory_bytes: int
+    memory_kind: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """CUDA max allocated on GPU; the process's RSS high-water mark on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "rss_high_water"
+
+
+class Recorder:
+    """Collects spans and counters for one rank; `stats()` summarises them."""
+
+    def __init__(self, rank: int = 0, *, keep_spans: bool = False):
+        self.rank = rank
+        self.keep_spans = keep_spans
+        self.t0 = time.perf_counter()
+        self.totals: dict[str, float] = defaultdict(float)
+        self.bytes_by_kind: dict[str, int] = defaultdict(int)
+        self.spans: list[Span] = []
+        self.marks: dict[str, float] = {}
+
+    def now(self) -> float:
+        """Seconds since the recorder started."""
+        return time.perf_counter() - self.t0
+
+    @contextmanager
+    def span(self, name: str, kind: str = BUSY, **args):
+        """Time the body as `kind` (busy, idle or io) and keep it for the trace if asked."""
+        start = self.now()
+        try:
+            yield
+        finally:
+            end = self.now()
+            self.totals[kind] += end - start
+            if self.keep_spans:
+                self.spans.append(Span(name, kind, start, end, args))
+
+    def add_bytes(self, kind: str, nbytes: int) -> None:
+        """Count bytes sent by this rank, by kind (hidden, prediction, text, ...)."""
+        self.bytes_by_kind[kind] += int(nbytes)
+
+    def mark(self, name: str) -> None:
+        """Remember the first time an event happened (e.g. first_frame)."""
+        self.marks.setdefault(name, self.now())
+
+    def stats(self, *, layers: list[int], param_bytes: int, device: torch.device) -> RankStats:
+        """The rank's summary row."""
+        peak, kind = peak_memory(device)
+        return RankStats(rank=self.rank, layers=layers, param_bytes=param_bytes, busy_s=self.totals[BUSY],
+                         idle_s=self.totals[IDLE], io_s=self.totals[IO], bytes_sent=sum(self.bytes_by_kind.values()),
+                         bytes_by_kind=dict(self.bytes_by_kind), peak_memory_bytes=peak, memory_kind=kind)

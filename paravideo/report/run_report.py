@@ -1,0 +1,59 @@
+"""run.json: what a run produced, how long it took, and how each rank spent its time and memory."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUN_JSON = "run.json"
+
+
+@dataclass
+class RunReport:
+    """The fields of run.json (see README, "Outputs")."""
+
+    complete: bool
+    frames: int
+    latent_frames: int
+    steps: int
+    blocks: int
+    wall_s: float
+    time_to_first_frame_s: float | None
+    world_size: int
+    video: str | None
+    config: dict
+    parallel: dict = field(default_factory=dict)
+    plan: dict = field(default_factory=dict)
+    ranks: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON via a temp file and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_run_report(out_dir: Path, report: RunReport) -> Path:
+    """Write `<out_dir>/run.json`."""
+    path = Path(out_dir) / RUN_JSON
+    write_json_atomic(path, report.to_json())
+    return path
+
+
+def mark_failed(out_dir: Path, error: str) -> None:
+    """Record a failure found by the launcher in run.json (written by rank 0, or made here)."""
+    path = Path(out_dir) / RUN_JSON
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        data = {"complete": False, "frames": 0}
+    data["complete"] = False
+    data["error"] = error
+    write_json_atomic(path, data)

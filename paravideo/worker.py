@@ -1,0 +1,294 @@
+"""One worker per rank, the same under every launcher: load this rank's share, run its stage, report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from paravideo.config import TIME_STRIDE, RunConfig
+from paravideo.driver import BlockDriver
+from paravideo.errors import ParavideoError
+from paravideo.io.sink import VideoSink
+from paravideo.io.stream import FrameStream
+from paravideo.io.vae_stream import StreamingDecoder
+from paravideo.models.builtin import resolve_model_path
+from paravideo.models.text import TextEncoder
+from paravideo.models.wan.adapter import WanStage
+from paravideo.models.wan.loading import (check_model_folder, load_text_encoder, load_transformer_stage,
+                                          load_vae, read_scheduler_config)
+from paravideo.parallel.comm import P2P
+from paravideo.parallel.layout import DistContext, ParallelLayout
+from paravideo.parallel.partition import stage_ranges
+from paravideo.parallel.stage_runner import (DRIVER_RANK, Geometry, HeadSink, LatentSource, PredictionInbox,
+                                             RecvSource, SendHiddenSink, StageRunner)
+from paravideo.report.recorder import Recorder
+from paravideo.report.run_report import RunReport, write_run_report
+from paravideo.schedule.noise import NoiseSource
+from paravideo.schedule.plan import BlockPlan, make_plan
+from paravideo.schedule.sampler import SchedulerBank, make_scheduler
+
+FAULT_ENV = "PARAVIDEO_FAULT"  # "RANK:FORWARD": that rank raises before that forward (failure tests)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Terminated(BaseException):
+    """SIGTERM reached this worker (the launcher is tearing the job down)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"received signal {signum}")
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """An injected failure for tests: `rank` raises before forward `forward`."""
+
+    rank: int
+    forward: int
+
+    @classmethod
+    def from_env(cls) -> FaultSpec | None:
+        raw = os.environ.get(FAULT_ENV)
+        if not raw:
+            return None
+        rank, forward = raw.split(":")
+        return cls(int(rank), int(forward))
+
+
+def output_frame_of_latent(latent: int) -> int:
+    """First output frame decoded from latent frame `latent` (frame 0 alone, then 4 per latent)."""
+    return 0 if latent == 0 else TIME_STRIDE * (latent - 1) + 1
+
+
+def block_prompts(config: RunConfig, plan: BlockPlan) -> tuple[list[str], list[int]]:
+    """Distinct prompt texts and, per block, the index of the prompt active at its first frame."""
+    spans = config.video.prompt_spans()
+    texts: list[str] = []
+    per_block: list[int] = []
+    for block in plan.blocks:
+        first = output_frame_of_latent(block.start)
+        active = [s.text for s in spans if s.from_frame <= first][-1]
+        if active not in texts:
+            texts.append(active)
+        per_block.append(texts.index(active))
+    return texts, per_block
+
+
+def build_plan(config: RunConfig) -> BlockPlan:
+    """The block plan the config asks for."""
+    b = config.blocks
+    return make_plan(config.video.latent_frames, b.block_frames, config.sampling.steps, b.context_frames,
+                     b.feature_cache)
+
+
+def _encode_texts(config: RunConfig, root: Path, ctx: DistContext, prompts: list[str], text_dim: int,
+                  recorder: Recorder) -> torch.Tensor:
+    """Rank 0 encodes the prompts (+ negative prompt) once; every rank receives the embeddings."""
+    use_cfg = config.sampling.guidance_scale > 1.0
+    all_prompts = prompts + ([config.video.negative_prompt] if use_cfg else [])
+    shape = (len(all_prompts), config.model.text_max_length, text_dim)
+    if ctx.is_driver:
+        tokenizer, encoder = load_text_encoder(root, dtype=torch.float32, device=ctx.device)
+        embeds = TextEncoder(tokenizer, encoder, max_length=config.model.text_max_length).encode(all_prompts)
+        del encoder
+    else:
+        embeds = torch.zeros(shape)
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        wire = embeds.to(ctx.device)
+        dist.broadcast(wire, src=DRIVER_RANK)
+        embeds = wire.cpu()
+        if ctx.is_driver:
+            recorder.add_bytes("text", wire.numel() * wire.element_size() * (ctx.world_size - 1))
+    return embeds
+
+
+def _projected_texts(stage: WanStage, embeds: torch.Tensor, num_prompts: int, use_cfg: bool) -> dict:
+    """Per prompt: projected text, batched with the negative prompt's under CFG."""
+    projected = stage.project_text(embeds)
+    out = {}
+    for i in range(num_prompts):
+        out[i] = torch.cat([projected[i:i + 1], projected[-1:]]) if use_cfg else projected[i:i + 1]
+    return out
+
+
+class Worker:
+    """Everything one rank does for a run; `run()` returns the run report on the driver rank."""
+
+    def __init__(self, config: RunConfig, ctx: DistContext):
+        self.config, self.ctx = config, ctx
+        self.layout = ParallelLayout(pipeline=config.parallel.pipeline)
+        self.layout.check_world(ctx.world_size)
+        self.recorder = Recorder(ctx.rank, keep_spans=config.output.trace)
+        self.fault = FaultSpec.from_env()
+
+    def _barrier(self) -> None:
+        if self.ctx.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _model_root(self) -> Path:
+        # Rank 0 builds a built-in model once; the others wait, then read the same folder.
+        if self.ctx.is_driver:
+            root = resolve_model_path(self.config.model.path)
+            self._barrier()
+        else:
+            self._barrier()
+            root = resolve_model_path(self.config.model.path)
+        return root
+
+    def run(self) -> RunReport | None:
+        """Load, run the plan, gather statistics; the driver writes video.mp4 and run.json."""
+        cfg, ctx = self.config, self.ctx
+        start = time.perf_counter()
+        if ctx.device.type == "cpu":
+            torch.set_num_threads(cfg.launch.threads_per_rank)
+        root = self._model_root()
+        tconfig = check_model_folder(root)
+        ranges = stage_ranges(tconfig["num_layers"], self.layout.pipeline, cfg.parallel.stage_layers)
+        stage_index = self.layout.stage_of(ctx.rank)
+        lo, hi = ranges[stage_index]
+        stage = WanStage(load_transformer_stage(root, lo, hi, dtype=DTYPES[cfg.model.dtype], device=ctx.device),
+                         lo=lo, hi=hi, num_layers=tconfig["num_layers"])
+        plan = build_plan(cfg)
+        prompts, per_block = block_prompts(cfg, plan)
+        use_cfg = cfg.sampling.guidance_scale > 1.0
+        embeds = _encode_texts(cfg, root, ctx, prompts, tconfig["text_dim"], self.recorder)
+        texts = _projected_texts(stage, embeds, len(prompts), use_cfg)
+        bank = SchedulerBank(make_scheduler(cfg.sampling.scheduler, read_scheduler_config(root),
+                                            flow_shift=cfg.sampling.flow_shift), cfg.sampling.steps)
+        latent_h, latent_w = cfg.video.height // 8, cfg.video.width // 8
+        geo = Geometry(channels=tconfig["in_channels"], height=latent_h, width=latent_w, batch=2 if use_cfg else 1,
+                       dim=stage.dim, tokens_per_frame=(latent_h // 2) * (latent_w // 2))
+        if plan.feature_cache:
+            from paravideo.cache.feature_cache import FeatureCache
+
+            stage.hooks.add(FeatureCache.name, FeatureCache())
+        p2p = P2P(ctx.rank, device=ctx.device, recorder=self.recorder,
+                  timeout_s=cfg.launch.timeout_s) if ctx.distributed else None
+        with ExitStack() as stack:
+            driver, output = None, None
+            if ctx.is_driver:
+                driver, output = self._driver_side(root, plan, bank, geo, stack)
+            runner = self._runner(stage, plan, texts, per_block, bank, geo, p2p, driver, stage_index, ranges)
+            runner.run()
+            if output is not None:
+                output.sink.close(complete=True)
+        stats = self.recorder.stats(layers=[lo, hi], param_bytes=stage.param_bytes(), device=ctx.device)
+        rows = [stats.to_json()]
+        if ctx.distributed:
+            import torch.distributed as dist
+
+            rows = [None] * ctx.world_size
+            dist.all_gather_object(rows, stats.to_json())
+        if not ctx.is_driver:
+            return None
+        return self._report(plan, output, start, rows, ranges, complete=True)
+
+    def _driver_side(self, root: Path, plan: BlockPlan, bank: SchedulerBank, geo: Geometry, stack: ExitStack):
+        cfg = self.config
+        vae = load_vae(root, device=self.ctx.device)
+        sink = VideoSink(Path(cfg.output.dir), width=cfg.video.width, height=cfg.video.height,
+                         fps=cfg.video.fps, frames_png=cfg.output.frames_png)
+        output = FrameStream(StreamingDecoder(vae), sink, self.recorder)
+        self._output = output
+        # The mp4 is finalised on every path; a run that did not finish names it video.incomplete.mp4.
+        stack.callback(lambda: sink.close(complete=False) if sink.path.name.endswith("partial.mp4") else None)
+        progress = _progress(cfg, len(plan.forwards))
+        stack.callback(progress.close)
+        noise = NoiseSource(plan, mode=cfg.blocks.noise, seed=cfg.sampling.seed,
+                            shape_chw=(geo.channels, geo.height, geo.width))
+        driver = BlockDriver(plan, noise=noise, bank=bank, on_block_done=output.emit,
+                             on_apply=lambda fwd: progress.update(1))
+        return driver, output
+
+    def _runner(self, stage, plan, texts, per_block, bank, geo, p2p, driver, stage_index, ranges) -> StageRunner:
+        rank, last = self.ctx.rank, len(ranges) - 1
+        prev_rank = self.layout.rank_of(stage_index - 1) if stage_index > 0 else None
+        next_rank = self.layout.rank_of(stage_index + 1) if stage_index < last else None
+        if stage_index == 0:
+            inbox = PredictionInbox(p2p, self.layout.rank_of(last), driver, geo) if last > 0 else None
+            source = LatentSource(stage, driver, geo, self.recorder, inbox)
+        else:
+            source = RecvSource(p2p, prev_rank, plan, geo, stage.dtype)
+        if stage_index < last:
+            sink = SendHiddenSink(p2p, next_rank)
+        elif rank == DRIVER_RANK:
+            sink = HeadSink(stage, self.config.sampling.guidance_scale, self.recorder, deliver=driver.apply)
+        else:
+            sink = HeadSink(stage, self.config.sampling.guidance_scale, self.recorder,
+                            deliver=lambda fwd, pred: p2p.send(pred, DRIVER_RANK, kind="prediction"),
+                            finish=p2p.flush)
+        fault = self.fault
+
+        def before_forward(fwd):
+            if fault is not None and fault.rank == rank and fault.forward == fwd.seq:
+                raise RuntimeError(f"injected failure before forward {fwd.seq} ({FAULT_ENV})")
+
+        return StageRunner(stage, plan, texts=texts, block_prompt=per_block, timesteps=bank.timesteps,
+                           geometry=geo, recorder=self.recorder, source=source, sink=sink,
+                           before_forward=before_forward)
+
+    def _report(self, plan, output, start, rows, ranges, *, complete: bool, error: str | None = None) -> RunReport:
+        cfg = self.config
+        first = self.recorder.marks.get("first_frame")
+        report = RunReport(
+            complete=complete, frames=output.sink.frames_written if output else 0,
+            latent_frames=plan.latent_frames, steps=plan.steps, blocks=len(plan.blocks),
+            wall_s=time.perf_counter() - start, time_to_first_frame_s=first, world_size=self.ctx.world_size,
+            video=str(output.sink.path) if output else None, config=cfg.resolved(),
+            parallel={"pipeline": self.layout.pipeline, "patch": self.layout.patch,
+                      "stage_layers": [list(r) for r in ranges]},
+            plan={"blocks": len(plan.blocks), "iterations": plan.iterations, "max_queue": plan.max_queue,
+                  "forwards": len(plan.forwards), "block_frames": [b.frames for b in plan.blocks],
+                  "context_frames": plan.context_frames, "feature_cache": plan.feature_cache},
+            ranks=sorted(rows, key=lambda r: r["rank"]), error=error)
+        write_run_report(Path(cfg.output.dir), report)
+        return report
+
+
+def _progress(config: RunConfig, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="denoise", unit="fwd", disable=not config.output.progress, dynamic_ncols=True)
+
+
+def run_rank(config: RunConfig, ctx: DistContext) -> RunReport | None:
+    """Run this rank; on failure the driver still finalises the mp4 and writes run.json (complete: false)."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    worker = Worker(config, ctx)
+    try:
+        return worker.run()
+    except BaseException as err:
+        if ctx.is_driver:
+            _write_failure(worker, err)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _write_failure(worker: Worker, err: BaseException) -> None:
+    cfg = worker.config
+    message = f"rank {worker.ctx.rank}: {type(err).__name__}: {err}"
+    output = getattr(worker, "_output", None)
+    try:
+        plan = build_plan(cfg)
+        worker._report(plan, output, worker.recorder.t0, [], [], complete=False, error=message)
+    except Exception:  # noqa: BLE001 - never mask the original failure
+        traceback.print_exc()
+
+
+def describe_failure(err: BaseException) -> str:
+    """A one-line cause for an error raised in a rank."""
+    if isinstance(err, ParavideoError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
