@@ -127,6 +127,8 @@ class OutputConfig(_Section):
     overwrite: bool = Field(False, description="allow writing into a folder holding an earlier run")
     frames_png: bool = Field(False, description="also write every frame as PNG under frames/")
     progress: bool = Field(True, description="show a progress bar")
+    save_latents: bool = Field(False, description="also save the clean latents as latents.pt (debugging; "
+                               "memory grows with length)")
     trace: bool = Field(False, description="also write trace.json (Chrome/Perfetto), one track per rank")
 
 

@@ -8,7 +8,7 @@ from paravideo.errors import ConfigError
 from paravideo.io.sink import FINAL_NAME, INCOMPLETE_NAME, PARTIAL_NAME
 from paravideo.report.run_report import RUN_JSON
 
-RUN_FILES = (FINAL_NAME, INCOMPLETE_NAME, PARTIAL_NAME, RUN_JSON)
+RUN_FILES = (FINAL_NAME, INCOMPLETE_NAME, PARTIAL_NAME, RUN_JSON, "latents.pt")
 
 
 def prepare_output_dir(path: str, *, overwrite: bool) -> Path:

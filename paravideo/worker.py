@@ -183,6 +183,8 @@ class Worker:
             runner.run()
             if output is not None:
                 output.sink.close(complete=True)
+                if output.kept is not None:
+                    torch.save(torch.cat(output.kept, dim=2), Path(cfg.output.dir) / "latents.pt")
         stats = self.recorder.stats(layers=[lo, hi], param_bytes=stage.param_bytes(), device=ctx.device)
         rows = [stats.to_json()]
         if ctx.distributed:
@@ -199,7 +201,7 @@ class Worker:
         vae = load_vae(root, device=self.ctx.device)
         sink = VideoSink(Path(cfg.output.dir), width=cfg.video.width, height=cfg.video.height,
                          fps=cfg.video.fps, frames_png=cfg.output.frames_png)
-        output = FrameStream(StreamingDecoder(vae), sink, self.recorder)
+        output = FrameStream(StreamingDecoder(vae), sink, self.recorder, keep_latents=cfg.output.save_latents)
         self._output = output
         # The mp4 is finalised on every path; a run that did not finish names it video.incomplete.mp4.
         stack.callback(lambda: sink.close(complete=False) if sink.path.name.endswith("partial.mp4") else None)
@@ -251,7 +253,8 @@ class Worker:
             plan={"blocks": len(plan.blocks), "iterations": plan.iterations, "max_queue": plan.max_queue,
                   "forwards": len(plan.forwards), "block_frames": [b.frames for b in plan.blocks],
                   "context_frames": plan.context_frames, "feature_cache": plan.feature_cache},
-            ranks=sorted(rows, key=lambda r: r["rank"]), error=error)
+            ranks=sorted(rows, key=lambda r: r["rank"]), block_digests=list(output.digests) if output else [],
+            error=error)
         write_run_report(Path(cfg.output.dir), report)
         return report
 

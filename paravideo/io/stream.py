@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from paravideo.io.sink import VideoSink
@@ -12,13 +14,20 @@ from paravideo.report.recorder import IO, Recorder
 class FrameStream:
     """Decodes each finished block (causal cache carried) and appends its frames to the sink."""
 
-    def __init__(self, decoder: StreamingDecoder, sink: VideoSink, recorder: Recorder):
+    def __init__(self, decoder: StreamingDecoder, sink: VideoSink, recorder: Recorder, *, keep_latents: bool = False):
         self.decoder, self.sink, self.recorder = decoder, sink, recorder
         self.blocks_written = 0
+        # A bitwise fingerprint of every block's clean latents: equal digests mean equal videos.
+        self.digests: list[str] = []
+        self.kept: list[torch.Tensor] | None = [] if keep_latents else None
 
     def emit(self, block: int, latents_bcthw: torch.Tensor) -> None:
         """Decode and write the clean latents of `block` (blocks arrive in order)."""
         assert block == self.blocks_written, f"block {block} finished out of order"
+        clean = latents_bcthw.detach().float().cpu().contiguous()
+        self.digests.append(hashlib.sha256(clean.numpy().tobytes()).hexdigest()[:16])
+        if self.kept is not None:
+            self.kept.append(clean)
         with self.recorder.span(f"decode block {block}", IO, block=block):
             frames = to_uint8_frames(self.decoder.decode(latents_bcthw))
         with self.recorder.span(f"write block {block}", IO, block=block, frames=int(frames.shape[0])):

@@ -27,6 +27,7 @@ class RunReport:
     parallel: dict = field(default_factory=dict)
     plan: dict = field(default_factory=dict)
     ranks: list[dict] = field(default_factory=list)
+    block_digests: list[str] = field(default_factory=list)
     error: str | None = None
 
     def to_json(self) -> dict:
