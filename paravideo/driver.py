@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from paravideo.report.recorder import BUSY, Recorder
 from paravideo.schedule.noise import NoiseSource
 from paravideo.schedule.plan import BlockPlan, Forward
 from paravideo.schedule.sampler import SchedulerBank
@@ -22,8 +23,9 @@ class BlockDriver:
     """
 
     def __init__(self, plan: BlockPlan, *, noise: NoiseSource, bank: SchedulerBank, on_block_done: BlockDone,
-                 on_apply: Callable[[Forward], None] = lambda fwd: None):
+                 on_apply: Callable[[Forward], None] = lambda fwd: None, recorder: Recorder | None = None):
         self.plan, self.noise, self.bank = plan, noise, bank
+        self.recorder = recorder or Recorder()  # a private one when nobody reads the spans
         self.on_block_done, self.on_apply = on_block_done, on_apply
         self.latents: dict[int, torch.Tensor] = {}
         self.schedulers: dict[int, object] = {}
@@ -49,8 +51,9 @@ class BlockDriver:
         assert fwd.seq == self.applied + 1, f"prediction {fwd.seq} applied out of order (after {self.applied})"
         k = fwd.block
         latents = self.latents[k]
-        step = self.schedulers[k].step(noise_pred.to(latents), self.bank.timesteps[fwd.step], latents,
-                                       return_dict=False)[0]
+        with self.recorder.span("scheduler step", BUSY, block=k, step=fwd.step):
+            step = self.schedulers[k].step(noise_pred.to(latents), self.bank.timesteps[fwd.step], latents,
+                                           return_dict=False)[0]
         self.latents[k] = step
         self.applied = fwd.seq
         if fwd.is_last_step:

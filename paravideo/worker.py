@@ -30,6 +30,7 @@ from paravideo.parallel.stage_runner import (DRIVER_RANK, Geometry, HeadSink, La
                                              RecvSource, SendHiddenSink, StageRunner)
 from paravideo.report.recorder import Recorder
 from paravideo.report.run_report import RunReport, write_run_report
+from paravideo.report.trace import rank_trace, write_trace
 from paravideo.schedule.noise import NoiseSource
 from paravideo.schedule.plan import BlockPlan, make_plan
 from paravideo.schedule.sampler import SchedulerBank, make_scheduler
@@ -186,15 +187,18 @@ class Worker:
                 if output.kept is not None:
                     torch.save(torch.cat(output.kept, dim=2), Path(cfg.output.dir) / "latents.pt")
         stats = self.recorder.stats(layers=[lo, hi], param_bytes=stage.param_bytes(), device=ctx.device)
-        rows = [stats.to_json()]
+        mine = (stats.to_json(), rank_trace(self.recorder, layers=(lo, hi), barrier=self._barrier))
+        rows = [mine]
         if ctx.distributed:
             import torch.distributed as dist
 
             rows = [None] * ctx.world_size
-            dist.all_gather_object(rows, stats.to_json())
+            dist.all_gather_object(rows, mine)
         if not ctx.is_driver:
             return None
-        return self._report(plan, output, start, rows, ranges, complete=True)
+        report = self._report(plan, output, start, [row for row, _ in rows], ranges, complete=True)
+        write_trace(Path(cfg.output.dir), [trace for _, trace in rows])
+        return report
 
     def _driver_side(self, root: Path, plan: BlockPlan, bank: SchedulerBank, geo: Geometry, stack: ExitStack):
         cfg = self.config
@@ -210,7 +214,7 @@ class Worker:
         noise = NoiseSource(plan, mode=cfg.blocks.noise, seed=cfg.sampling.seed,
                             shape_chw=(geo.channels, geo.height, geo.width))
         driver = BlockDriver(plan, noise=noise, bank=bank, on_block_done=output.emit,
-                             on_apply=lambda fwd: progress.update(1))
+                             on_apply=lambda fwd: progress.update(1), recorder=self.recorder)
         return driver, output
 
     def _runner(self, stage, plan, texts, per_block, bank, geo, p2p, driver, stage_index, ranges) -> StageRunner:
