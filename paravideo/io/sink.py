@@ -48,11 +48,22 @@ class VideoSink:
                 iio.imwrite(self.dir / "frames" / f"{self.frames_written:06d}.png", frame)
             self.frames_written += 1
 
-    def close(self, *, complete: bool) -> Path:
-        """Finalise the mp4 and give it its final name; returns that path."""
+    def close(self, *, complete: bool) -> Path | None:
+        """Finalise the mp4 and give it its final name; returns that path (None if no frame was written)."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            if self.frames_written == 0:
+                # ffmpeg cannot finalise an mp4 without frames; leave no file that looks like a video.
+                try:
+                    writer.close()
+                except OSError:
+                    pass
+                self.path.unlink(missing_ok=True)
+                self.path = None
+                return None
+            writer.close()
+        if self.path is None:
+            return None
         target = self.dir / (FINAL_NAME if complete else INCOMPLETE_NAME)
         os.replace(self.path, target)
         self.path = target
