@@ -15,7 +15,7 @@ import torch
 from paravideo.config import TIME_STRIDE, RunConfig
 from paravideo.driver import BlockDriver
 from paravideo.errors import ParavideoError
-from paravideo.io.sink import VideoSink
+from paravideo.io.sink import PARTIAL_NAME, VideoSink
 from paravideo.io.stream import FrameStream
 from paravideo.io.vae_stream import StreamingDecoder
 from paravideo.models.builtin import resolve_model_path
@@ -208,7 +208,7 @@ class Worker:
         output = FrameStream(StreamingDecoder(vae), sink, self.recorder, keep_latents=cfg.output.save_latents)
         self._output = output
         # The mp4 is finalised on every path; a run that did not finish names it video.incomplete.mp4.
-        stack.callback(lambda: sink.close(complete=False) if sink.path.name.endswith("partial.mp4") else None)
+        stack.callback(lambda: sink.close(complete=False) if sink.path and sink.path.name == PARTIAL_NAME else None)
         progress = _progress(cfg, len(plan.forwards))
         stack.callback(progress.close)
         noise = NoiseSource(plan, mode=cfg.blocks.noise, seed=cfg.sampling.seed,
@@ -251,7 +251,7 @@ class Worker:
             complete=complete, frames=output.sink.frames_written if output else 0,
             latent_frames=plan.latent_frames, steps=plan.steps, blocks=len(plan.blocks),
             wall_s=time.perf_counter() - start, time_to_first_frame_s=first, world_size=self.ctx.world_size,
-            video=str(output.sink.path) if output else None, config=cfg.resolved(),
+            video=str(output.sink.path) if output and output.sink.path else None, config=cfg.resolved(),
             parallel={"pipeline": self.layout.pipeline, "patch": self.layout.patch,
                       "stage_layers": [list(r) for r in ranges]},
             plan={"blocks": len(plan.blocks), "iterations": plan.iterations, "max_queue": plan.max_queue,
