@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from paravideo.errors import ParavideoError
+from paravideo.errors import ConfigError, ParavideoError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -15,18 +15,37 @@ def _parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate a video from a YAML config")
     val = sub.add_parser("validate", help="check a config and print the resolved config and plan")
     for p in (gen, val):
-        p.add_argument("-c", "--config", required=True, help="YAML config file")
+        p.add_argument("-c", "--config", required=p is val, help="YAML config file")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. --set sampling.steps=10 (repeatable)")
+    gen.add_argument("--resume", metavar="OUT_DIR", default=None,
+                     help="continue the stopped run in OUT_DIR from its checkpoint (needs no -c)")
     val.add_argument("--world-size", type=int, default=None, help="check the degrees against this many ranks")
     return parser
+
+
+def _resume_config(args):
+    from paravideo.config import apply_overrides, parse_config
+    from paravideo.io.checkpoint import checkpoint_config
+
+    try:
+        data = checkpoint_config(args.resume)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"--resume {args.resume}: {err}") from None
+    data["output"].update(dir=str(args.resume), resume=True, overwrite=False)
+    return parse_config(apply_overrides(data, args.overrides), source=f"checkpoint in {args.resume}")
 
 
 def _cmd_generate(args) -> int:
     from paravideo.config import load_config
     from paravideo.generate import generate
 
-    config = load_config(args.config, args.overrides)
+    if args.resume is None and args.config is None:
+        raise ConfigError("generate needs -c CONFIG (or --resume OUT_DIR)")
+    if args.resume is not None and args.config is not None:
+        raise ConfigError("--resume reuses the checkpoint's config; drop -c (use --set for run-time fields)")
+
+    config = _resume_config(args) if args.resume else load_config(args.config, args.overrides)
     report = generate(config)
     if report is not None:
         print(f"wrote {report.frames} frames ({report.blocks} block(s), {report.latent_frames} latent frames) "

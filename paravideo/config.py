@@ -129,7 +129,12 @@ class OutputConfig(_Section):
     progress: bool = Field(True, description="show a progress bar")
     save_latents: bool = Field(False, description="also save the clean latents as latents.pt (debugging; "
                                "memory grows with length)")
+    checkpoint_every: int = Field(0, ge=0, description="write a resume checkpoint every K iterations (0 = never)")
+    resume: bool = Field(False, description="continue the checkpointed run in output.dir "
+                         "(`paravideo generate --resume DIR` sets this)")
     trace: bool = Field(False, description="also write trace.json (Chrome/Perfetto), one track per rank")
+    fetch_to_driver: bool = Field(False, description="ray: copy video.mp4 and run.json to output.dir on the "
+                                  "driver when rank 0 ran on another machine")
 
 
 class RunConfig(_Section):

@@ -68,6 +68,31 @@ class BlockDriver:
             self.tails[k] = clean[:, :, clean.shape[2] - min(self.plan.context_frames, clean.shape[2]):].clone()
         self.on_block_done(k, clean)
 
+    def state(self, iteration: int) -> dict:
+        """The queue once iteration `iteration` is fully applied, for a resume checkpoint.
+
+        A block that entered early (its step-0 forward launched ahead, nothing applied yet) is left
+        out: a resumed run recreates its noise from the seed.
+        """
+        from paravideo.io.checkpoint import scheduler_state
+
+        keep = sorted(k for k in self.latents if k <= iteration)
+        return {"applied": self.applied, "latents": {k: self.latents[k] for k in keep},
+                "schedulers": {k: scheduler_state(self.schedulers[k]) for k in keep}, "tails": dict(self.tails)}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from what `state` returned."""
+        from paravideo.io.checkpoint import load_scheduler_state
+
+        self.applied = int(state["applied"])
+        self.latents = {int(k): v for k, v in state["latents"].items()}
+        self.tails = {int(k): v for k, v in state["tails"].items()}
+        self.schedulers = {}
+        for k, sched_state in state["schedulers"].items():
+            sched = self.bank.new_block_scheduler()
+            load_scheduler_state(sched, sched_state)
+            self.schedulers[int(k)] = sched
+
     @property
     def done(self) -> bool:
         return self.applied == len(self.plan.forwards) - 1

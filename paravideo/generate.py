@@ -43,8 +43,10 @@ def generate(config: RunConfig) -> RunReport | None:
 
         preflight(config, world_size=int(os.environ["WORLD_SIZE"]))
         if os.environ.get("RANK") == "0":
-            prepare_output_dir(config.output.dir, overwrite=config.output.overwrite)
+            prepare_output_dir(config.output.dir, overwrite=config.output.overwrite,
+                               resume=config.output.resume)
         return launch(config)
     preflight(config)
-    prepare_output_dir(config.output.dir, overwrite=config.output.overwrite)
+    prepare_output_dir(config.output.dir, overwrite=config.output.overwrite,
+                               resume=config.output.resume)
     return launch(config)

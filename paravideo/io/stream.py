@@ -34,3 +34,15 @@ class FrameStream:
             self.sink.write(frames)
         self.recorder.mark("first_frame")
         self.blocks_written += 1
+
+    def state(self) -> dict:
+        """Decode cache, block count, digests and the sink's position (after `sink.cut()`)."""
+        return {"blocks_written": self.blocks_written, "digests": list(self.digests),
+                "decoder": self.decoder.state(), "sink": self.sink.state()}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from what `state` returned."""
+        self.blocks_written = int(state["blocks_written"])
+        self.digests = list(state["digests"])
+        self.decoder.load_state(state["decoder"])
+        self.sink.load_state(state["sink"])

@@ -187,9 +187,9 @@ class StageRunner:
         info.keep_head_frames, info.future_block = fwd.keep_head_frames, fwd.future_block
 
     @torch.no_grad()
-    def run(self) -> None:
-        """Every forward of the plan through this stage."""
-        for fwd in self.plan.forwards:
+    def run(self, start_seq: int = 0) -> None:
+        """Every forward of the plan from `start_seq` on (a resumed run skips those done) through this stage."""
+        for fwd in self.plan.forwards[start_seq:]:
             self.before_forward(fwd)
             lo, hi = self.plan.window(fwd)
             hidden_in = self.source.hidden(fwd, hi - lo)

@@ -1,0 +1,35 @@
+"""Shared helpers for benchmark scripts: run `paravideo generate` in a fresh process, read run.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+
+def run_generate(config: dict, *, label: str, workdir: Path | None = None) -> dict:
+    """Run one generation in a fresh interpreter (so RSS high-water is this run's) and return run.json."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="paravideo-bench-"))
+    out = workdir / label
+    config = json.loads(json.dumps(config))
+    config.setdefault("output", {}).update(dir=str(out), overwrite=True, progress=False)
+    path = workdir / f"{label}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, OMP_NUM_THREADS=str(config.get("launch", {}).get("threads_per_rank", 1)))
+    proc = subprocess.run([sys.executable, "-m", "paravideo", "generate", "-c", str(path)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{label} failed:\n{proc.stderr[-2000:]}")
+    return json.loads((out / "run.json").read_text())
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
