@@ -36,25 +36,14 @@ def _extras(stages: int) -> list[float]:
 def balanced_counts(num_layers: int, stages: int) -> list[int]:
     """Layer counts minimising the most loaded stage (layers plus end-stage extras)."""
     extra = _extras(stages)
-    best: list[int] | None = None
-    best_load = float("inf")
-    # Try every cap on a stage's load; the smallest cap that fits all layers wins.
+    # The smallest cap on a stage's load under which all layers fit is the optimum.
     for cap in sorted({n + e for n in range(1, num_layers + 1) for e in extra}):
         counts = [max(1, int(cap - e + 1e-9)) for e in extra]
-        if sum(counts) < num_layers:
-            continue
-        surplus = sum(counts) - num_layers
-        # Trim from the most loaded stages first, keeping each at one layer or more.
-        while surplus:
-            order = sorted(range(stages), key=lambda s: (-(counts[s] + extra[s]), -s))
-            for s in order:
-                if counts[s] > 1:
-                    counts[s] -= 1
-                    surplus -= 1
-                    break
-        load = max(c + e for c, e in zip(counts, extra))
-        if load < best_load:
-            best, best_load = counts, load
-        break
-    assert best is not None and sum(best) == num_layers
-    return best
+        if sum(counts) >= num_layers:
+            break
+    surplus = sum(counts) - num_layers
+    while surplus:  # trim the most loaded stages first, keeping one layer each
+        s = max((s for s in range(stages) if counts[s] > 1), key=lambda s: (counts[s] + extra[s], s))
+        counts[s] -= 1
+        surplus -= 1
+    return counts
