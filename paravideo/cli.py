@@ -7,6 +7,7 @@ import json
 import sys
 
 from paravideo.errors import ConfigError, ParavideoError
+from paravideo.report import commands as report_commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--resume", metavar="OUT_DIR", default=None,
                      help="continue the stopped run in OUT_DIR from its checkpoint (needs no -c)")
     val.add_argument("--world-size", type=int, default=None, help="check the degrees against this many ranks")
+    report_commands.add_parsers(sub)
     return parser
 
 
@@ -71,7 +73,8 @@ def _cmd_validate(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `paravideo` console script."""
     args = _parser().parse_args(argv)
-    handlers = {"generate": _cmd_generate, "validate": _cmd_validate}
+    handlers = {"generate": _cmd_generate, "validate": _cmd_validate, "bench": report_commands.cmd_bench,
+                "plan": report_commands.cmd_plan}
     try:
         return handlers[args.command](args)
     except ParavideoError as err:

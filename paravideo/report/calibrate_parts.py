@@ -1,0 +1,192 @@
+"""The single measurements behind `paravideo.report.calibrate` (each a mean of timed repeats)."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+SIZES = ((32, 48), (64, 64), (96, 96))  # pixels
+FRAMES = (2, 4, 8)  # latent frames per window
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Mean seconds of `fn()`: a run's time is a sum, so pauses from other processes must count too."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.fmean(times)
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """(a, b) of y = a + b x minimising the relative error (small and large points count alike); a >= 0."""
+    w = [1.0 / (y * y) for y in ys]
+    sw, sx, sy = sum(w), sum(wi * x for wi, x in zip(w, xs)), sum(wi * y for wi, y in zip(w, ys))
+    sxx, sxy = sum(wi * x * x for wi, x in zip(w, xs)), sum(wi * x * y for wi, x, y in zip(w, xs, ys))
+    det = sw * sxx - sx * sx
+    a, b = (sy * sxx - sx * sxy) / det, (sw * sxy - sx * sy) / det
+    if a < 0 or b <= 0:
+        a, b = 0.0, sxy / sxx
+    return a, b
+
+
+def _stage(name: str):
+    from paravideo.models.builtin import ensure_builtin
+    from paravideo.models.wan.adapter import WanStage
+    from paravideo.models.wan.loading import check_model_folder, load_transformer_stage
+
+    root = ensure_builtin(name)
+    layers = check_model_folder(root)["num_layers"]
+    model = load_transformer_stage(root, 0, layers, dtype=torch.float32, device=torch.device("cpu"))
+    return root, WanStage(model, lo=0, hi=layers, num_layers=layers)
+
+
+@torch.no_grad()
+def measure_dit(repeats: int) -> dict:
+    """Per-layer time = fixed + FLOPs / rate, fitted over window sizes of the tiny and small DiTs."""
+    from paravideo.report.flops import Window, condition_flops, embed_flops, head_flops, layer_flops
+    from paravideo.report.shapes import DiTShape
+
+    xs, ys, calls = [], [], []
+    for name in ("tiny", "small"):
+        root, stage = _stage(name)
+        shape = DiTShape.from_folder(root)
+        text = stage.project_text(torch.randn(2, 512, shape.text_dim))
+        for height, width in SIZES:
+            for frames in FRAMES:
+                latents = torch.randn(1, 16, frames, height // 8, width // 8)
+                grid = stage.grid(latents.shape)
+                tokens = grid[0] * grid[1] * grid[2]
+                cond = stage.condition(torch.tensor([500.0, 500.0]), text, grid)
+                hidden = stage.embed(latents).expand(2, -1, -1).contiguous()
+                seconds = timed(lambda: stage.run_layers(hidden, cond), repeats)
+                xs.append(sum(layer_flops(shape, Window(2, tokens, tokens, 512)).values()))
+                ys.append(seconds / stage.num_layers)
+                if frames == FRAMES[0]:
+                    out = stage.run_layers(hidden, cond)
+                    calls.append((timed(lambda: stage.condition(torch.tensor([500.0, 500.0]), text, grid), repeats)
+                                  + timed(lambda: stage.embed(latents), repeats)
+                                  + timed(lambda: stage.head(out, cond), repeats),
+                                  condition_flops(shape, 2) + embed_flops(shape, tokens) + head_flops(shape, 2, tokens)))
+    overhead, per_flop = fit_line(xs, ys)
+    call = statistics.median(max(0.0, t - f * per_flop) / 3 for t, f in calls)
+    return {"flops_per_s": 1.0 / per_flop, "layer_overhead_s": overhead, "call_overhead_s": call, "points": len(xs)}
+
+
+def measure_scheduler(repeats: int, steps: int = 8) -> float:
+    """Seconds per scheduler step of a block, over a block's whole step sequence."""
+    from paravideo.models.builtin import ensure_builtin
+    from paravideo.models.wan.loading import read_scheduler_config
+    from paravideo.schedule.sampler import SchedulerBank, make_scheduler
+
+    bank = SchedulerBank(make_scheduler("unipc", read_scheduler_config(ensure_builtin("tiny"))), steps)
+    latents = torch.randn(1, 16, 3, 4, 6)
+
+    def one_block() -> None:
+        sched, x = bank.new_block_scheduler(), latents
+        for t in bank.timesteps:
+            x = sched.step(torch.randn_like(x), t, x, return_dict=False)[0]
+
+    return timed(one_block, repeats) / steps
+
+
+@torch.no_grad()
+def measure_decode(repeats: int) -> dict:
+    """Per-latent-frame decode time = fixed + FLOPs / rate, over a few resolutions of the tiny VAE."""
+    from paravideo.io.vae_stream import StreamingDecoder
+    from paravideo.models.builtin import ensure_builtin
+    from paravideo.models.wan.loading import load_vae
+    from paravideo.report.flops import vae_decode_flops
+
+    root = ensure_builtin("tiny")
+    vae = load_vae(root, device=torch.device("cpu"))
+    xs, ys = [], []
+    for height, width in SIZES:
+        decoder = StreamingDecoder(vae)
+        z = torch.randn(1, 16, 1, height // 8, width // 8)
+        decoder.decode(z)  # the first frame differs; time the steady ones
+        ys.append(timed(lambda: decoder.decode(z), repeats))
+        xs.append(vae_decode_flops(dict(vae.config), height // 8, width // 8)[1])
+    overhead, per_flop = fit_line(xs, ys)
+    return {"flops_per_s": 1.0 / per_flop, "frame_overhead_s": overhead}
+
+
+def measure_write(repeats: int, frames: int = 16) -> dict:
+    """mp4 writes: encoder start, then per frame = fixed + megapixels x rate."""
+    from paravideo.io.sink import VideoSink
+
+    xs, ys, opens = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (height, width) in enumerate(SIZES):
+            sink = VideoSink(Path(tmp) / str(i), width=width, height=height, fps=16)
+            one = torch.randint(0, 255, (1, height, width, 3), dtype=torch.uint8)
+            start = time.perf_counter()
+            sink.write(one)
+            opens.append(time.perf_counter() - start)
+            batch = one.expand(frames, -1, -1, -1).contiguous()
+            ys.append(timed(lambda: sink.write(batch), repeats, warmup=0) / frames)
+            xs.append(height * width / 1e6)
+            sink.close(complete=True)
+    frame_s, mpixel_s = fit_line(xs, ys)
+    return {"open_s": statistics.median(o - y for o, y in zip(opens, ys)), "frame_s": frame_s,
+            "mpixel_s": mpixel_s}
+
+
+def _p2p_rank(rank: int, port: int, sizes: list[int], repeats: int, queue) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from paravideo.parallel.comm import P2P
+    from paravideo.report.recorder import Recorder
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    p2p = P2P(rank, device=torch.device("cpu"), recorder=Recorder(rank), timeout_s=60)
+    peer, out = 1 - rank, {}
+    for n in sizes:
+        x = torch.zeros(n // 4)
+
+        def ping_pong() -> None:
+            if rank == 0:
+                p2p.send(x, peer, kind="probe")
+                p2p.flush()
+                p2p.recv(x.shape, x.dtype, peer, what="probe")
+            else:
+                p2p.recv(x.shape, x.dtype, peer, what="probe")
+                p2p.send(x, peer, kind="probe")
+                p2p.flush()
+
+        out[n] = timed(ping_pong, repeats, warmup=2) / 2
+    if rank == 0:
+        queue.put(out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def measure_p2p(repeats: int) -> dict:
+    """One-way message time = latency + bytes / bandwidth, from ping-pongs between two gloo processes."""
+    import multiprocessing as mp
+
+    from paravideo.launch.local import free_port
+
+    sizes = [1 << 10, 1 << 14, 1 << 18, 1 << 21, 1 << 23]
+    ctx = mp.get_context("spawn")
+    queue, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_p2p_rank, args=(r, port, sizes, repeats * 4, queue)) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    times = queue.get(timeout=300)
+    for proc in procs:
+        proc.join()
+    latency, per_byte = fit_line([float(n) for n in sizes], [times[n] for n in sizes])
+    return {"latency_s": latency, "gbps": 1.0 / per_byte / 1e9}

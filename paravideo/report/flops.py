@@ -1,0 +1,89 @@
+"""FLOPs of one block-forward, counted from shapes (matmuls and attention; elementwise ops are not counted)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from paravideo.report.shapes import DiTShape
+from paravideo.schedule.plan import BlockPlan, Forward
+
+
+@dataclass(frozen=True)
+class Window:
+    """Token counts of one block-forward: queries, self-attention keys (with feature-cache keys), text."""
+
+    batch: int
+    query_tokens: int
+    key_tokens: int
+    text_tokens: int
+
+
+def matmul(m: int, k: int, n: int) -> int:
+    """FLOPs of an (m x k) @ (k x n) product (a multiply and an add per term)."""
+    return 2 * m * k * n
+
+
+def layer_flops(shape: DiTShape, w: Window) -> dict[str, int]:
+    """One transformer layer, by term: self-attention, cross-attention over the text, FFN."""
+    d, b, q = shape.dim, w.batch, w.query_tokens
+    return {
+        "self_proj": 4 * matmul(b * q, d, d),  # q, k, v, out
+        "self_attn": 2 * matmul(b * q, d, w.key_tokens),  # QK^T and AV over all heads
+        "cross_proj": 2 * matmul(b * q, d, d),  # q, out
+        # Text K/V are projected again in every forward (diffusers does not cache them).
+        "cross_kv": 2 * matmul(b * w.text_tokens, d, d),
+        "cross_attn": 2 * matmul(b * q, d, w.text_tokens),
+        "ffn": matmul(b * q, d, shape.ffn_dim) + matmul(b * q, shape.ffn_dim, d),
+    }
+
+
+def condition_flops(shape: DiTShape, batch: int) -> int:
+    """Timestep embedding and modulation projection, done by every stage for every forward."""
+    d = shape.dim
+    return matmul(batch, shape.freq_dim, d) + matmul(batch, d, d) + matmul(batch, d, 6 * d)
+
+
+def embed_flops(shape: DiTShape, tokens: int) -> int:
+    """Patch embedding of one latent window (batch 1; CFG copies the tokens)."""
+    return matmul(tokens, shape.in_channels * shape.patch_volume, shape.dim)
+
+
+def head_flops(shape: DiTShape, batch: int, tokens: int) -> int:
+    """Output projection to patches."""
+    return matmul(batch * tokens, shape.dim, shape.out_channels * shape.patch_volume)
+
+
+def text_projection_flops(shape: DiTShape, texts: int, text_tokens: int) -> int:
+    """The text embedder, once per distinct text per rank."""
+    return matmul(texts * text_tokens, shape.text_dim, shape.dim) + matmul(texts * text_tokens, shape.dim, shape.dim)
+
+
+def window(plan: BlockPlan, fwd: Forward, *, tokens_per_frame: int, batch: int, text_tokens: int) -> Window:
+    """Tokens of forward `fwd`: context + block queries; keys add the newer neighbour's cached head."""
+    lo, hi = plan.window(fwd)
+    cached = 0
+    if fwd.future_block is not None:
+        cached = min(plan.context_frames, plan.blocks[fwd.future_block].frames)
+    return Window(batch=batch, query_tokens=(hi - lo) * tokens_per_frame,
+                  key_tokens=(hi - lo + cached) * tokens_per_frame, text_tokens=text_tokens)
+
+
+def vae_decode_flops(vae_config: dict, latent_height: int, latent_width: int) -> tuple[int, int]:
+    """FLOPs to decode the first latent frame and each later one, counted on meta tensors (no weights)."""
+    import torch
+    from diffusers import AutoencoderKLWan
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from paravideo.io.vae_stream import StreamingDecoder
+
+    kwargs = {k: v for k, v in vae_config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        vae = AutoencoderKLWan(**kwargs)
+        decoder = StreamingDecoder(vae)
+        z = torch.zeros(1, vae.config.z_dim, 1, latent_height, latent_width)
+    counts = []
+    for _ in range(2):
+        with FlopCounterMode(display=False) as counter:
+            decoder.decode(z)
+        counts.append(int(counter.get_total_flops()))
+    return counts[0], counts[1]

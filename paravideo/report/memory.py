@@ -1,0 +1,97 @@
+"""Memory per rank: weights (exact), feature cache and buffers (from shapes), activations (working-set estimate)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from paravideo.parallel.comm import MAX_SENDS_IN_FLIGHT
+from paravideo.report.flops import window
+from paravideo.report.profiles import HardwareProfile
+from paravideo.report.scenario import DecodeShape, Scenario
+from paravideo.report.shapes import stage_param_bytes
+
+GIB = 1024 ** 3
+FP32 = 4
+# rank 0 keeps per queued block its latents plus a multistep scheduler's history (UniPC, order 2).
+LATENT_COPIES = 4
+
+
+@dataclass
+class MemoryBreakdown:
+    """Bytes one rank holds; the peak is the larger of the loading phase and the denoise loop."""
+
+    base: int
+    weights: int
+    activations: int
+    feature_cache: int
+    stale_buffers: int  # patch parallelism's one-step-stale K/V of other bands (none without it)
+    comm_buffers: int
+    driver: int  # rank 0: latent queue with scheduler state, and the VAE
+    text_encoder: int  # rank 0: held (float32) only while the prompts are encoded, before the loop
+
+    @property
+    def peak(self) -> int:
+        loop = self.activations + self.feature_cache + self.stale_buffers + self.comm_buffers + self.driver
+        return self.base + self.weights + max(self.text_encoder, loop)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "peak": self.peak}
+
+
+def _activations(s: Scenario, profile: HardwareProfile) -> int:
+    """Largest working set of one layer over the plan's forwards (residual stream + the widest sub-layer)."""
+    d, f, heads, nbytes = s.shape.dim, s.shape.ffn_dim, s.shape.num_heads, s.dtype_bytes
+    worst = 0
+    for fwd in s.plan.forwards:
+        w = window(s.plan, fwd, tokens_per_frame=s.tokens_per_frame, batch=s.batch, text_tokens=s.text_tokens)
+        b, q, kv, text = w.batch, w.query_tokens, w.key_tokens, w.text_tokens
+        scores = b * heads * q * max(kv, text) * FP32 if profile.attention_scores_in_memory else 0
+        ffn = b * q * (2 * d + 2 * f) * nbytes
+        attn = b * (6 * q * d + 2 * kv * d) * nbytes + scores
+        cross = b * (4 * q * d + 2 * text * d) * nbytes + scores
+        worst = max(worst, b * q * d * nbytes + max(ffn, attn, cross))
+    return worst
+
+
+def _feature_cache(s: Scenario, layers: int) -> int:
+    """One block's head K/V per layer: stored by the newer block, read by the older in the same iteration."""
+    if not s.plan.feature_cache:
+        return 0
+    frames = min(s.context_frames, max(b.frames for b in s.plan.blocks))
+    return layers * 2 * s.batch * frames * s.tokens_per_frame * s.shape.dim * s.dtype_bytes
+
+
+def _comm_buffers(s: Scenario, stage: int) -> int:
+    """Pooled receive buffers and the tensors of sends still in flight."""
+    if s.pipeline == 1:
+        return 0
+    layout = s.traffic_layout()
+    seqs = range(len(s.plan.forwards))
+    hidden = max(layout.hidden_bytes(q) for q in seqs)
+    prediction = max(layout.prediction_bytes(q) for q in seqs)
+    last = s.pipeline - 1
+    held = 0
+    if stage > 0:
+        held += 2 * hidden  # the buffer being computed on, and the next receive posted ahead
+    held += (MAX_SENDS_IN_FLIGHT + 1) * (prediction if stage == last else hidden)
+    if stage == 0:
+        held += (s.plan.max_queue + 1) * prediction  # a posted receive per forward in flight
+    return held
+
+
+def _driver(s: Scenario, decode: DecodeShape) -> int:
+    block = max(b.frames for b in s.plan.blocks) + s.context_frames
+    latent = s.shape.out_channels * block * s.latent_height * s.latent_width * FP32
+    return s.plan.max_queue * LATENT_COPIES * latent + decode.params * FP32
+
+
+def memory_by_rank(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> list[MemoryBreakdown]:
+    """The breakdown for every rank of the scenario."""
+    out = []
+    for stage, (lo, hi) in enumerate(s.ranges):
+        out.append(MemoryBreakdown(
+            base=int(profile.runtime_base_gib * GIB), weights=stage_param_bytes(s.shape, hi - lo, s.dtype_bytes),
+            activations=_activations(s, profile), feature_cache=_feature_cache(s, hi - lo), stale_buffers=0,
+            comm_buffers=_comm_buffers(s, stage), driver=_driver(s, decode) if stage == 0 else 0,
+            text_encoder=(s.shape.text_encoder_params or 0) * FP32 if stage == 0 else 0))
+    return out

@@ -1,0 +1,78 @@
+"""`paravideo plan`: predict candidate plans (pipeline degree, block size) for a GPU count and rank them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from paravideo.report.cost_model import Prediction, predict
+from paravideo.report.profiles import HardwareProfile
+from paravideo.report.scenario import DecodeShape, Scenario
+
+GIB = 1024 ** 3
+BLOCK_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 21, 24, 32)
+
+
+@dataclass
+class Candidate:
+    """One plan and its prediction."""
+
+    scenario: Scenario
+    prediction: Prediction
+    fits: bool
+
+    @property
+    def overrides(self) -> list[str]:
+        s = self.scenario
+        return [f"parallel.pipeline={s.pipeline}", f"launch.nproc={s.pipeline}", f"blocks.block_frames={s.block_frames}"]
+
+    def row(self) -> dict:
+        p, s = self.prediction, self.scenario
+        return {"gpus_used": s.world_size, "pipeline": s.pipeline, "block_frames": s.block_frames,
+                "blocks": len(s.plan.blocks), "wall_s": p.wall_s, "time_to_first_frame_s": p.first_frame_s,
+                "max_memory_gib": p.max_peak_memory / GIB, "fits": self.fits, "bubble": p.bubble,
+                "sent_gib": p.bytes_sent / GIB, "overrides": self.overrides}
+
+
+def block_sizes(base: Scenario) -> list[int]:
+    """The config's block size plus the usual ones that fit the video and hold the context."""
+    sizes = {b for b in BLOCK_SIZES if max(1, base.context_frames) <= b <= base.latent_frames}
+    sizes.add(base.block_frames)
+    if base.context_frames == 0:
+        sizes.add(0)  # one block: the whole video at once
+    return sorted(sizes)
+
+
+def candidates(base: Scenario, gpus: int, profile: HardwareProfile) -> list[Candidate]:
+    """Every pipeline degree up to `gpus` (and the model's depth) with every block size, predicted."""
+    decode = DecodeShape.of(base)
+    out = []
+    for pipeline in range(1, min(gpus, base.shape.num_layers) + 1):
+        for block in block_sizes(base):
+            scenario = base.but(pipeline=pipeline, block_frames=block)
+            prediction = predict(scenario, profile, decode)
+            out.append(Candidate(scenario, prediction, prediction.max_peak_memory <= profile.memory_gib * GIB))
+    return rank(out)
+
+
+def rank(items: list[Candidate]) -> list[Candidate]:
+    """Plans that fit first, then by predicted wall time, then by fewer GPUs."""
+    return sorted(items, key=lambda c: (not c.fits, c.prediction.wall_s, c.scenario.world_size))
+
+
+def render(items: list[Candidate], *, top: int, profile: HardwareProfile, gpus: int) -> str:
+    """A plain-text table of the best `top` candidates and the recommended overrides."""
+    lines = [f"candidate plans for {gpus} GPU(s) on profile {profile.name} ({profile.description}); "
+             "ranked by predicted wall time among plans that fit in memory",
+             f"{'#':>3} {'gpus':>4} {'pipe':>4} {'block':>5} {'blocks':>6} {'wall s':>10} {'1st frame s':>11} "
+             f"{'GiB/GPU':>8} {'fits':>4} {'bubble':>6} {'GiB sent':>9}"]
+    for i, c in enumerate(items[:top], 1):
+        r = c.row()
+        lines.append(f"{i:>3} {r['gpus_used']:>4} {r['pipeline']:>4} {r['block_frames']:>5} {r['blocks']:>6} "
+                     f"{r['wall_s']:>10.1f} {r['time_to_first_frame_s']:>11.1f} {r['max_memory_gib']:>8.2f} "
+                     f"{'yes' if r['fits'] else 'NO':>4} {r['bubble']:>6.2f} {r['sent_gib']:>9.2f}")
+    if items and items[0].fits:
+        lines.append("recommended: " + " ".join(f"--set {o}" for o in items[0].overrides))
+    else:
+        lines.append("no candidate fits in memory on this profile")
+    lines.append("block size changes the video (the context each block sees); compare quality before adopting it")
+    return "\n".join(lines)

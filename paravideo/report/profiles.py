@@ -1,0 +1,79 @@
+"""Hardware profiles for the cost model: YAML files under configs/profiles/, loaded strictly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from paravideo.errors import ConfigError
+
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "configs" / "profiles"
+
+
+class HardwareProfile(BaseModel):
+    """One device kind and its links; times are per call, rates are what the code achieves."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(description="profile name (the file's stem)")
+    description: str = Field(description="the hardware in words")
+    source: str = Field(description="where the numbers come from: datasheet + assumption, or a calibration run")
+    dit_peak_tflops: float = Field(gt=0, description="peak dense TFLOP/s at the DiT's compute dtype")
+    dit_efficiency: float = Field(gt=0, le=1, description="fraction of that peak the DiT's matmuls/attention reach")
+    vae_peak_tflops: float = Field(gt=0, description="peak TFLOP/s for the float32 VAE (TF32 on NVIDIA)")
+    vae_efficiency: float = Field(gt=0, le=1, description="fraction of that peak the VAE decoder reaches")
+    layer_overhead_s: float = Field(ge=0, description="fixed seconds per transformer layer call (launch, Python)")
+    call_overhead_s: float = Field(ge=0, description="fixed seconds per embed / conditioning / head call")
+    scheduler_step_s: float = Field(ge=0, description="seconds per scheduler step on rank 0")
+    decode_frame_overhead_s: float = Field(ge=0, description="fixed seconds per latent frame decoded")
+    video_open_s: float = Field(ge=0, description="seconds to start the mp4 encoder (at the first block written)")
+    write_frame_s: float = Field(ge=0, description="fixed seconds to hand one output frame to ffmpeg")
+    write_s_per_mpixel: float = Field(ge=0, description="seconds to hand one megapixel of output frames to ffmpeg")
+    link_gbps: float = Field(gt=0, description="achieved point-to-point GB/s between neighbouring ranks")
+    link_latency_s: float = Field(ge=0, description="fixed seconds per message (wire + software)")
+    memory_gib: float = Field(gt=0, description="device memory per GPU (or RAM share per CPU rank)")
+    runtime_base_gib: float = Field(ge=0, description="memory a rank holds before any model (CUDA context / RSS)")
+    startup_s: float = Field(ge=0, description="fixed seconds from worker start to the first forward")
+    load_gbps: float = Field(gt=0, description="GB/s at which weights are read and placed")
+    finish_s: float = Field(ge=0, description="seconds after the last forward (closing the video, statistics)")
+    attention_scores_in_memory: bool = Field(False, description="attention materialises scores (no flash kernel)")
+    compute_slots: int | None = Field(None, ge=1, description="CPU cores: ranks beyond this share them")
+
+    @property
+    def dit_flops_per_s(self) -> float:
+        return self.dit_peak_tflops * self.dit_efficiency * 1e12
+
+    @property
+    def vae_flops_per_s(self) -> float:
+        return self.vae_peak_tflops * self.vae_efficiency * 1e12
+
+    def message_s(self, nbytes: int) -> float:
+        """Seconds to move one message of `nbytes` between two ranks."""
+        return self.link_latency_s + nbytes / (self.link_gbps * 1e9)
+
+
+def available_profiles() -> list[str]:
+    """Names of the profiles shipped in configs/profiles/."""
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str) -> HardwareProfile:
+    """A shipped profile by name, or a profile YAML file by path."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = PROFILE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown hardware profile {name_or_path!r}; use a YAML file or one of "
+                          + ", ".join(available_profiles()))
+    try:
+        return HardwareProfile.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as err:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid hardware profile {path}: {fields}") from None
+
+
+def save_profile(profile: HardwareProfile, path: Path) -> None:
+    """Write a profile as YAML (the calibration command's output)."""
+    path.write_text(yaml.safe_dump(profile.model_dump(), sort_keys=False, width=110))

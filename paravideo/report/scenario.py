@@ -1,0 +1,127 @@
+"""What the cost model predicts for: a model shape, a video, a block plan and a stage layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+from paravideo.report.flops import vae_decode_flops
+from paravideo.report.shapes import DiTShape
+from paravideo.report.traffic import TrafficLayout
+from paravideo.schedule.plan import BlockPlan, make_plan
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+TIME_STRIDE, VAE_STRIDE = 4, 8
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One candidate run; `from_config` reads it off a RunConfig without loading any weights."""
+
+    shape: DiTShape
+    latent_frames: int
+    latent_height: int
+    latent_width: int
+    steps: int
+    block_frames: int = 0
+    context_frames: int = 0
+    feature_cache: bool = True
+    pipeline: int = 1
+    stage_layers: tuple[int, ...] | None = None
+    cfg: bool = True
+    dtype_bytes: int = 4
+    text_tokens: int = 512
+    prompts: int = 1
+    threads_per_rank: int = 1
+
+    @classmethod
+    def from_config(cls, config, shape: DiTShape | None = None) -> Scenario:
+        """The scenario of a RunConfig (`shape` defaults to the model folder's configs)."""
+        from paravideo.report.shapes import shape_for_model_path
+        from paravideo.worker import block_prompts, build_plan
+
+        prompts, _ = block_prompts(config, build_plan(config))
+        return cls(shape=shape or shape_for_model_path(config.model.path),
+                   latent_frames=config.video.latent_frames, latent_height=config.video.height // VAE_STRIDE,
+                   latent_width=config.video.width // VAE_STRIDE, steps=config.sampling.steps,
+                   block_frames=config.blocks.block_frames, context_frames=config.blocks.context_frames,
+                   feature_cache=config.blocks.feature_cache, pipeline=config.parallel.pipeline,
+                   stage_layers=tuple(config.parallel.stage_layers) if config.parallel.stage_layers else None,
+                   cfg=config.sampling.guidance_scale > 1.0, dtype_bytes=DTYPE_BYTES[config.model.dtype],
+                   text_tokens=config.model.text_max_length, prompts=len(prompts),
+                   threads_per_rank=config.launch.threads_per_rank)
+
+    def but(self, **changes) -> Scenario:
+        """A copy with some fields changed (layer split reset when the stage count changes)."""
+        if "pipeline" in changes and "stage_layers" not in changes:
+            changes["stage_layers"] = None
+        return replace(self, **changes)
+
+    @property
+    def world_size(self) -> int:
+        return self.pipeline
+
+    @property
+    def batch(self) -> int:
+        return 2 if self.cfg else 1
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.latent_height // self.shape.patch[1]) * (self.latent_width // self.shape.patch[2])
+
+    @property
+    def output_frames(self) -> int:
+        return TIME_STRIDE * (self.latent_frames - 1) + 1
+
+    @cached_property
+    def plan(self) -> BlockPlan:
+        return make_plan(self.latent_frames, self.block_frames, self.steps, self.context_frames, self.feature_cache)
+
+    @cached_property
+    def ranges(self) -> list[tuple[int, int]]:
+        """[lo, hi) layers per stage, as the engine splits them."""
+        from paravideo.parallel.partition import stage_ranges
+
+        counts = list(self.stage_layers) if self.stage_layers else None
+        return stage_ranges(self.shape.num_layers, self.pipeline, counts)
+
+    def block_output_frames(self, block: int) -> int:
+        """Pixel frames decoded from a block (the very first latent frame gives one frame, others four)."""
+        b = self.plan.blocks[block]
+        return sum(1 if f == 0 else TIME_STRIDE for f in range(b.start, b.stop))
+
+    def traffic_layout(self) -> TrafficLayout:
+        """The message sizes of this scenario."""
+        return TrafficLayout(plan=self.plan, shape=self.shape, stage_ranks=tuple(range(self.pipeline)),
+                             world_size=self.world_size, batch=self.batch, tokens_per_frame=self.tokens_per_frame,
+                             latent_hw=(self.latent_height, self.latent_width), dtype_bytes=self.dtype_bytes,
+                             texts=self.prompts + (1 if self.cfg else 0), text_tokens=self.text_tokens)
+
+
+@dataclass(frozen=True)
+class DecodeShape:
+    """The VAE's parameters and decode FLOPs per latent frame at this resolution (zero when unknown)."""
+
+    params: int = 0
+    first_frame_flops: int = 0
+    frame_flops: int = 0
+
+    @classmethod
+    def of(cls, scenario: Scenario) -> DecodeShape:
+        """Counted on meta tensors from the VAE config (a few seconds for Wan's VAE at 480p, no weights)."""
+        config = scenario.shape.vae_config
+        if not config:
+            return cls()
+        import torch
+        from diffusers import AutoencoderKLWan
+
+        with torch.device("meta"):
+            params = sum(p.numel() for p in AutoencoderKLWan(
+                **{k: v for k, v in config.items() if not k.startswith("_")}).parameters())
+        first, later = vae_decode_flops(config, scenario.latent_height, scenario.latent_width)
+        return cls(params=params, first_frame_flops=first, frame_flops=later)
+
+    def block_flops(self, scenario: Scenario, block: int) -> int:
+        """FLOPs to decode one block's latent frames."""
+        b = scenario.plan.blocks[block]
+        return sum(self.first_frame_flops if f == 0 else self.frame_flops for f in range(b.start, b.stop))

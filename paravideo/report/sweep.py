@@ -1,0 +1,111 @@
+"""The sweep file of `paravideo bench`: a base run config and the axes to vary, loaded strictly."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from paravideo.config import RunConfig, apply_overrides, parse_config
+from paravideo.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class PlanVariant(_Strict):
+    """One plan to compare: a name and the config fields it changes."""
+
+    name: str = Field(min_length=1, description="label in tables and plots (letters, digits, - and _)")
+    set: dict[str, Any] = Field(default_factory=dict, description="dotted config keys to values, "
+                                                                   "e.g. {blocks.block_frames: 2}")
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        if not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError(f"plan names become folder names; use letters, digits, - and _ (got {value!r})")
+        return value
+
+
+class SweepAxes(_Strict):
+    """The grid: every combination of ranks, frames and plan is one real run."""
+
+    ranks: list[int] = Field(default_factory=lambda: [1], min_length=1, description="pipeline ranks (local launcher)")
+    frames: list[int] = Field(min_length=1, description="output frames (4k+1)")
+    plans: list[PlanVariant] = Field(default_factory=lambda: [PlanVariant(name="base")], min_length=1,
+                                     description="block plans to compare")
+
+    @field_validator("ranks", "frames")
+    @classmethod
+    def _positive_unique(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values) or len(set(values)) != len(values):
+            raise ValueError(f"must be distinct positive integers, got {values}")
+        return sorted(values)
+
+
+class SweepConfig(_Strict):
+    """A scaling sweep: where the base config is, what to override, the axes, and where to report."""
+
+    name: str = Field("sweep", description="title of the report")
+    base: str = Field(description="run config YAML, relative to the sweep file")
+    set: list[str] = Field(default_factory=list, description="KEY=VALUE overrides applied to the base")
+    axes: SweepAxes
+    profile: str = Field("cpu-local", description="hardware profile for the predicted columns")
+    output_dir: str = Field("outputs/bench", description="report folder (each run gets runs/<point>/)")
+    timeline: str | None = Field(None, description="point whose trace is drawn (default: most ranks, most frames)")
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One run of the sweep."""
+
+    name: str
+    plan: str
+    ranks: int
+    frames: int
+    config: RunConfig
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, dict]:
+    """The sweep file and its base config's raw data (overrides applied), validated."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        sweep = SweepConfig.model_validate(raw)
+    except OSError as err:
+        raise ConfigError(f"cannot read sweep file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"sweep file {path} is not valid YAML: {err}") from None
+    except ValidationError as err:
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()]
+        raise ConfigError(f"invalid sweep file {path}:\n" + "\n".join(lines)) from None
+    base_path = (path.parent / sweep.base) if not Path(sweep.base).is_absolute() else Path(sweep.base)
+    try:
+        base = yaml.safe_load(base_path.read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"sweep base config {base_path}: {err.strerror}") from None
+    return sweep, apply_overrides(base, list(sweep.set) + list(overrides or []))
+
+
+def sweep_points(sweep: SweepConfig, base: dict, out_dir: Path) -> list[SweepPoint]:
+    """Every point's validated run config (all checked before anything runs)."""
+    points = []
+    for plan, frames, ranks in itertools.product(sweep.axes.plans, sweep.axes.frames, sweep.axes.ranks):
+        name = f"{plan.name}-f{frames}-r{ranks}"
+        # JSON is YAML flow syntax, so every value survives the KEY=VALUE round trip unchanged.
+        data = apply_overrides(copy.deepcopy(base), [f"{k}={json.dumps(v)}" for k, v in plan.set.items()])
+        data = apply_overrides(data, [
+            f"video.num_frames={frames}", f"parallel.pipeline={ranks}", "launch.launcher=local",
+            f"launch.nproc={ranks}", f"output.dir={out_dir / 'runs' / name}", "output.overwrite=true",
+            "output.progress=false", "output.trace=true", "parallel.stage_layers=null"])
+        points.append(SweepPoint(name=name, plan=plan.name, ranks=ranks, frames=frames,
+                                 config=parse_config(data, source=f"sweep point {name}")))
+    return points
