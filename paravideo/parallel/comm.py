@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import IntEnum
 
 import torch
 import torch.distributed as dist
@@ -17,12 +18,26 @@ from paravideo.report.recorder import IDLE, Recorder
 MAX_SENDS_IN_FLIGHT = 4
 
 
+class Tag(IntEnum):
+    """Message tags: gloo matches a receive to a send by (peer, tag), so each traffic kind that can
+    share a pair of ranks gets its own stream (stage-0 bands carry both K/V and finished latents)."""
+
+    PIPELINE = 0  # hidden states and predictions (their pairs carry nothing else)
+    PATCH_KV = 1
+    LATENTS = 2
+
+
 class CommTimeout(ParavideoError):
     """A rank waited longer than launch.timeout_s for a peer."""
 
 
 def wait_work(work, timeout: datetime.timedelta, device: torch.device) -> None:
-    """`work.wait(timeout)` that leaves the main thread able to take signals (SIGTERM, Ctrl-C).
+    """`work.wait(timeout)` that leaves the main thread able to take signals (SIGTERM, Ctrl-C)."""
+    wait_works([work], timeout, device)
+
+
+def wait_works(works: list, timeout: datetime.timedelta, device: torch.device) -> None:
+    """Wait for every work in turn, each bounded by `timeout`, interruptibly.
 
     A gloo wait blocks inside C++ where Python signal handlers cannot run, and a timed-out gloo
     wait closes the connection, so it cannot be cut into short waits either: the wait runs in a
@@ -30,13 +45,15 @@ def wait_work(work, timeout: datetime.timedelta, device: torch.device) -> None:
     An NCCL wait only orders streams and returns at once, so it runs inline.
     """
     if device.type == "cuda":
-        work.wait(timeout=timeout)
+        for work in works:
+            work.wait(timeout=timeout)
         return
     done, errors = threading.Event(), []
 
     def target() -> None:
         try:
-            work.wait(timeout=timeout)
+            for work in works:
+                work.wait(timeout=timeout)
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             errors.append(err)
         finally:
@@ -56,6 +73,15 @@ class PendingRecv:
     buffer: torch.Tensor
     src: int
     what: str
+
+
+@dataclass
+class Exchange:
+    """Receives and sends posted together (one K/V exchange); `P2P.complete` waits for all of them."""
+
+    recvs: list[PendingRecv]
+    sends: list[tuple[object, torch.Tensor, int]] = field(default_factory=list)
+    what: str = ""
 
 
 class BufferPool:
@@ -91,18 +117,51 @@ class P2P:
         self.pool = BufferPool(device)
         self._sends: deque = deque()
 
-    def send(self, tensor: torch.Tensor, dst: int, *, kind: str) -> None:
-        """Start sending `tensor` to `dst`; the tensor must not be modified until flushed."""
+    def _isend(self, tensor: torch.Tensor, dst: int, kind: str, tag: Tag) -> tuple[object, torch.Tensor]:
         tensor = tensor.contiguous()
-        self._sends.append((dist.isend(tensor, dst), tensor, dst, kind))
         self.recorder.add_bytes(kind, tensor.numel() * tensor.element_size())
+        return dist.isend(tensor, dst, tag=int(tag)), tensor
+
+    def send(self, tensor: torch.Tensor, dst: int, *, kind: str, tag: Tag = Tag.PIPELINE) -> None:
+        """Start sending `tensor` to `dst`; the tensor must not be modified until flushed."""
+        work, tensor = self._isend(tensor, dst, kind, tag)
+        self._sends.append((work, tensor, dst, kind))
         while len(self._sends) > MAX_SENDS_IN_FLIGHT:
             self._wait_send(self._sends.popleft())
 
-    def post_recv(self, shape: tuple[int, ...], dtype: torch.dtype, src: int, *, what: str) -> PendingRecv:
+    def post_recv(self, shape: tuple[int, ...], dtype: torch.dtype, src: int, *, what: str,
+                  tag: Tag = Tag.PIPELINE) -> PendingRecv:
         """Post a receive from `src` into a pooled buffer."""
-        buf = self.pool.take(shape, dtype)
-        return PendingRecv(work=dist.irecv(buf, src), buffer=buf, src=src, what=what)
+        return self.post_recv_into(self.pool.take(shape, dtype), src, what=what, tag=tag)
+
+    def post_recv_into(self, buffer: torch.Tensor, src: int, *, what: str, tag: Tag = Tag.PIPELINE) -> PendingRecv:
+        """Post a receive from `src` into a buffer the caller owns (a persistent one)."""
+        return PendingRecv(work=dist.irecv(buffer, src, tag=int(tag)), buffer=buffer, src=src, what=what)
+
+    def exchange(self, sends: list[tuple[torch.Tensor, int]], recvs: list[tuple[torch.Tensor, int]], *,
+                 kind: str, tag: Tag, what: str) -> Exchange:
+        """Post receives into `recvs` (buffer, src), then start `sends` (tensor, dst); complete() waits.
+
+        Each rank of an exchange posts its receives before its sends, so under gloo (where a send
+        completes only once its receive is posted) the sends of a symmetric exchange cannot block.
+        """
+        posted = [self.post_recv_into(buf, src, what=f"{what} from rank {src}", tag=tag) for buf, src in recvs]
+        started = [(*self._isend(tensor, dst, kind, tag), dst) for tensor, dst in sends]
+        return Exchange(recvs=posted, sends=started, what=what)
+
+    def complete(self, exchange: Exchange) -> list[torch.Tensor]:
+        """Wait (as idle time) for every receive and send of `exchange`; returns the receive buffers."""
+        works = [r.work for r in exchange.recvs] + [s[0] for s in exchange.sends]
+        peers = sorted({r.src for r in exchange.recvs} | {s[2] for s in exchange.sends})
+        with self.recorder.span(f"wait {exchange.what}", IDLE, peers=peers):
+            try:
+                wait_works(works, self.timeout, self.device)
+            except RuntimeError as err:
+                raise CommTimeout(f"rank {self.rank} waited over {self.timeout.total_seconds():.0f} s for "
+                                  f"{exchange.what} with ranks {peers} (one failed or hangs): "
+                                  f"{str(err).splitlines()[0][:200]}") from None
+        exchange.sends.clear()  # the sent tensors may be reused now
+        return [r.buffer for r in exchange.recvs]
 
     def wait(self, pending: PendingRecv) -> torch.Tensor:
         """Block (as idle time) until the receive completes; raise CommTimeout past the bound."""

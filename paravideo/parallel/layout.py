@@ -46,6 +46,10 @@ class ParallelLayout:
         """Rank holding (stage, band)."""
         return stage * self.patch + band
 
+    def band_ranks(self, stage: int) -> list[int]:
+        """Ranks of every band of `stage`, in band order: the peers of its patch exchanges."""
+        return [self.rank_of(stage, band) for band in range(self.patch)]
+
 
 @dataclass(frozen=True)
 class DistContext:

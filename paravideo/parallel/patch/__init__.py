@@ -1,0 +1,1 @@
+"""Patch parallelism: a block's frames cut into bands of token rows, one band per rank of a stage."""
