@@ -110,8 +110,18 @@ class BlocksConfig(_Section):
 
 
 class ParallelConfig(_Section):
-    pipeline: int = Field(1, ge=1, description="pipeline stages (one rank each)")
+    pipeline: int = Field(1, ge=1, description="pipeline stages (parallel.patch ranks each)")
     stage_layers: list[int] | None = Field(None, description="layers per stage, e.g. [3, 5]; default balanced by cost")
+    patch: int = Field(1, ge=1, description="bands of token rows each block is cut into, one rank each per stage; "
+                       "ranks = pipeline x patch")
+    patch_mode: Literal["exact", "distrifusion", "pcpp"] = Field(
+        "exact", description="exact = every band sees fresh K/V of all bands (the one-rank result); "
+        "distrifusion = after warm-up, one-step-stale K/V of all other bands; pcpp = after warm-up, "
+        "one-step-stale K/V of only the nearest pcpp_fraction of each adjacent band's rows")
+    pcpp_fraction: float = Field(0.3, gt=0.0, le=1.0, description="pcpp: fraction of an adjacent band's rows "
+                                 "a band attends to (and receives)")
+    warmup_steps: int = Field(4, ge=1, description="distrifusion / pcpp: each block's first steps exchange fresh "
+                              "K/V synchronously (step 0 has no stale K/V)")
 
 
 class LaunchConfig(_Section):
@@ -157,6 +167,20 @@ class RunConfig(_Section):
             raise ValueError("blocks.context_frames needs blocks.block_frames > 0 (one block has no neighbours)")
         if ctx > block:
             raise ValueError(f"blocks.context_frames = {ctx} must not exceed blocks.block_frames = {block}")
+        return self
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> RunConfig:
+        par = self.parallel
+        token_rows = self.video.height // SPATIAL_MULTIPLE
+        if par.patch > token_rows:
+            raise ValueError(f"parallel.patch = {par.patch} bands, but video.height = {self.video.height} gives "
+                             f"{token_rows} token rows (height / {SPATIAL_MULTIPLE}); use at most {token_rows} "
+                             "bands, or a taller video")
+        if par.patch > 1 and par.patch_mode != "exact" and par.warmup_steps > self.sampling.steps:
+            raise ValueError(f"parallel.warmup_steps = {par.warmup_steps} exceeds sampling.steps = "
+                             f"{self.sampling.steps}; use at most {self.sampling.steps} (equal to steps makes "
+                             f"{par.patch_mode} exact)")
         return self
 
     def resolved(self) -> dict[str, Any]:

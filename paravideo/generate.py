@@ -18,7 +18,7 @@ def preflight(config: RunConfig, *, world_size: int | None = None) -> dict:
     from paravideo.parallel.partition import stage_ranges
     from pathlib import Path
 
-    layout = ParallelLayout(pipeline=config.parallel.pipeline)
+    layout = ParallelLayout(pipeline=config.parallel.pipeline, patch=config.parallel.patch)
     if world_size is None:
         world_size = {"inline": 1, "local": config.launch.nproc}.get(config.launch.launcher, layout.world_size)
     layout.check_world(world_size)
