@@ -25,6 +25,9 @@ from paravideo.models.wan.loading import (check_model_folder, load_text_encoder,
                                           load_vae, read_scheduler_config)
 from paravideo.parallel.comm import P2P
 from paravideo.parallel.layout import DistContext, ParallelLayout
+from paravideo.parallel.patch.bands import BandSplit
+from paravideo.parallel.patch.hook import PatchKVHook, PatchSettings
+from paravideo.parallel.patch.latents import BandNoise, GatherBandLatents, SendBandLatents
 from paravideo.parallel.partition import stage_ranges
 from paravideo.parallel.stage_runner import (DRIVER_RANK, Geometry, HeadSink, LatentSource, PredictionInbox,
                                              RecvSource, SendHiddenSink, StageRunner)
@@ -126,7 +129,7 @@ class Worker:
 
     def __init__(self, config: RunConfig, ctx: DistContext):
         self.config, self.ctx = config, ctx
-        self.layout = ParallelLayout(pipeline=config.parallel.pipeline)
+        self.layout = ParallelLayout(pipeline=config.parallel.pipeline, patch=config.parallel.patch)
         self.layout.check_world(ctx.world_size)
         self.recorder = Recorder(ctx.rank, keep_spans=config.output.trace)
         self.fault = FaultSpec.from_env()
@@ -168,20 +171,31 @@ class Worker:
         bank = SchedulerBank(make_scheduler(cfg.sampling.scheduler, read_scheduler_config(root),
                                             flow_shift=cfg.sampling.flow_shift), cfg.sampling.steps)
         latent_h, latent_w = cfg.video.height // 8, cfg.video.width // 8
+        patch_hw = tuple(stage.patch_size[1:])
+        split = BandSplit.even(latent_h // patch_hw[0], latent_w // patch_hw[1], self.layout.patch)
         geo = Geometry(channels=tconfig["in_channels"], height=latent_h, width=latent_w, batch=2 if use_cfg else 1,
-                       dim=stage.dim, tokens_per_frame=(latent_h // 2) * (latent_w // 2))
+                       dim=stage.dim, patch_hw=patch_hw, band=split.bands[self.layout.band_of(ctx.rank)])
+        p2p = P2P(ctx.rank, device=ctx.device, recorder=self.recorder,
+                  timeout_s=cfg.launch.timeout_s) if ctx.distributed else None
+        # The patch exchange runs first, so the feature cache keeps and appends K/V of the rows a band sees.
+        patch_hook = self._patch_hook(p2p, split, stage_index) if self.layout.patch > 1 else None
+        if patch_hook is not None:
+            stage.hooks.add(patch_hook.name, patch_hook)
         if plan.feature_cache:
             from paravideo.cache.feature_cache import FeatureCache
 
             stage.hooks.add(FeatureCache.name, FeatureCache())
-        p2p = P2P(ctx.rank, device=ctx.device, recorder=self.recorder,
-                  timeout_s=cfg.launch.timeout_s) if ctx.distributed else None
         with ExitStack() as stack:
             driver, output = None, None
             if ctx.is_driver:
-                driver, output = self._driver_side(root, plan, bank, geo, stack)
+                driver, output = self._driver_side(root, plan, bank, geo, stack, p2p, split)
+            elif stage_index == 0:
+                driver = BlockDriver(plan, noise=self._noise(plan, geo), bank=bank, recorder=self.recorder,
+                                     on_block_done=SendBandLatents(p2p, DRIVER_RANK))
             runner = self._runner(stage, plan, texts, per_block, bank, geo, p2p, driver, stage_index, ranges)
             runner.run()
+            if p2p is not None:
+                p2p.flush()  # a first-stage band's last finished rows may still be on their way
             if output is not None:
                 output.sink.close(complete=True)
                 if output.kept is not None:
@@ -200,7 +214,21 @@ class Worker:
         write_trace(Path(cfg.output.dir), [trace for _, trace in rows])
         return report
 
-    def _driver_side(self, root: Path, plan: BlockPlan, bank: SchedulerBank, geo: Geometry, stack: ExitStack):
+    def _patch_hook(self, p2p: P2P, split: BandSplit, stage_index: int) -> PatchKVHook:
+        par = self.config.parallel
+        settings = PatchSettings(mode=par.patch_mode, fraction=par.pcpp_fraction, warmup_steps=par.warmup_steps,
+                                 steps=self.config.sampling.steps)
+        return PatchKVHook(p2p, split, self.layout.band_of(self.ctx.rank), self.layout.band_ranks(stage_index),
+                           settings)
+
+    def _noise(self, plan: BlockPlan, geo: Geometry):
+        """Initial noise from the seed; a band keeps only its own latent rows."""
+        noise = NoiseSource(plan, mode=self.config.blocks.noise, seed=self.config.sampling.seed,
+                            shape_chw=(geo.channels, geo.height, geo.width))
+        return BandNoise(noise, geo.latent_rows) if self.layout.patch > 1 else noise
+
+    def _driver_side(self, root: Path, plan: BlockPlan, bank: SchedulerBank, geo: Geometry, stack: ExitStack,
+                     p2p: P2P | None, split: BandSplit):
         cfg = self.config
         vae = load_vae(root, device=self.ctx.device)
         sink = VideoSink(Path(cfg.output.dir), width=cfg.video.width, height=cfg.video.height,
@@ -211,28 +239,32 @@ class Worker:
         stack.callback(lambda: sink.close(complete=False) if sink.path and sink.path.name == PARTIAL_NAME else None)
         progress = _progress(cfg, len(plan.forwards))
         stack.callback(progress.close)
-        noise = NoiseSource(plan, mode=cfg.blocks.noise, seed=cfg.sampling.seed,
-                            shape_chw=(geo.channels, geo.height, geo.width))
-        driver = BlockDriver(plan, noise=noise, bank=bank, on_block_done=output.emit,
+        noise = self._noise(plan, geo)
+        # With bands, the driver's queue holds band 0's rows; whole frames exist only to be decoded.
+        emit = output.emit if self.layout.patch == 1 else GatherBandLatents(
+            p2p, self.layout.band_ranks(0), [b.rows * geo.patch_hw[0] for b in split.bands], output.emit)
+        driver = BlockDriver(plan, noise=noise, bank=bank, on_block_done=emit,
                              on_apply=lambda fwd: progress.update(1), recorder=self.recorder)
         return driver, output
 
     def _runner(self, stage, plan, texts, per_block, bank, geo, p2p, driver, stage_index, ranges) -> StageRunner:
         rank, last = self.ctx.rank, len(ranges) - 1
-        prev_rank = self.layout.rank_of(stage_index - 1) if stage_index > 0 else None
-        next_rank = self.layout.rank_of(stage_index + 1) if stage_index < last else None
+        band = self.layout.band_of(rank)  # hidden states and predictions stay within one band
+        prev_rank = self.layout.rank_of(stage_index - 1, band) if stage_index > 0 else None
+        next_rank = self.layout.rank_of(stage_index + 1, band) if stage_index < last else None
         if stage_index == 0:
-            inbox = PredictionInbox(p2p, self.layout.rank_of(last), driver, geo) if last > 0 else None
+            inbox = PredictionInbox(p2p, self.layout.rank_of(last, band), driver, geo) if last > 0 else None
             source = LatentSource(stage, driver, geo, self.recorder, inbox)
         else:
             source = RecvSource(p2p, prev_rank, plan, geo, stage.dtype)
         if stage_index < last:
             sink = SendHiddenSink(p2p, next_rank)
-        elif rank == DRIVER_RANK:
+        elif stage_index == 0:
             sink = HeadSink(stage, self.config.sampling.guidance_scale, self.recorder, deliver=driver.apply)
         else:
+            first = self.layout.rank_of(0, band)
             sink = HeadSink(stage, self.config.sampling.guidance_scale, self.recorder,
-                            deliver=lambda fwd, pred: p2p.send(pred, DRIVER_RANK, kind="prediction"),
+                            deliver=lambda fwd, pred: p2p.send(pred, first, kind="prediction"),
                             finish=p2p.flush)
         fault = self.fault
 
@@ -240,9 +272,11 @@ class Worker:
             if fault is not None and fault.rank == rank and fault.forward == fwd.seq:
                 raise RuntimeError(f"injected failure before forward {fwd.seq} ({FAULT_ENV})")
 
+        patch_hook = stage.hooks.get(PatchKVHook.name)
         return StageRunner(stage, plan, texts=texts, block_prompt=per_block, timesteps=bank.timesteps,
                            geometry=geo, recorder=self.recorder, source=source, sink=sink,
-                           before_forward=before_forward)
+                           before_forward=before_forward,
+                           kv_tokens_per_frame=patch_hook.tokens_per_frame if patch_hook else None)
 
     def _report(self, plan, output, start, rows, ranges, *, complete: bool, error: str | None = None) -> RunReport:
         cfg = self.config
@@ -253,7 +287,7 @@ class Worker:
             wall_s=time.perf_counter() - start, time_to_first_frame_s=first, world_size=self.ctx.world_size,
             video=str(output.sink.path) if output and output.sink.path else None, config=cfg.resolved(),
             parallel={"pipeline": self.layout.pipeline, "patch": self.layout.patch,
-                      "stage_layers": [list(r) for r in ranges]},
+                      "stage_layers": [list(r) for r in ranges], **self._patch_report()},
             plan={"blocks": len(plan.blocks), "iterations": plan.iterations, "max_queue": plan.max_queue,
                   "forwards": len(plan.forwards), "block_frames": [b.frames for b in plan.blocks],
                   "context_frames": plan.context_frames, "feature_cache": plan.feature_cache},
@@ -261,6 +295,12 @@ class Worker:
             error=error)
         write_run_report(Path(cfg.output.dir), report)
         return report
+
+    def _patch_report(self) -> dict:
+        par = self.config.parallel
+        if self.layout.patch == 1:
+            return {}
+        return {"patch_mode": par.patch_mode, "pcpp_fraction": par.pcpp_fraction, "warmup_steps": par.warmup_steps}
 
 
 def _progress(config: RunConfig, total: int):

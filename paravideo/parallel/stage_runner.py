@@ -10,6 +10,7 @@ import torch
 from paravideo.driver import BlockDriver
 from paravideo.models.wan.adapter import Conditioning, WanStage
 from paravideo.parallel.comm import P2P, PendingRecv
+from paravideo.parallel.patch.bands import Band, band_conditioning
 from paravideo.report.recorder import BUSY, Recorder
 from paravideo.schedule.plan import BlockPlan, Forward
 
@@ -18,20 +19,49 @@ DRIVER_RANK = 0
 
 @dataclass(frozen=True)
 class Geometry:
-    """Sizes every rank derives from the config: latent rows/cols, batch (2 with CFG), width."""
+    """Sizes every rank derives from the config: latent frame size, batch (2 with CFG), width, its band.
+
+    A rank computes one band of token rows (all of them without patch parallelism): its hidden
+    states, latents and predictions cover only that band.
+    """
 
     channels: int
-    height: int  # latent
+    height: int  # latent, the whole frame
     width: int  # latent
     batch: int
     dim: int
-    tokens_per_frame: int
+    patch_hw: tuple[int, int] = (2, 2)  # latent pixels per token (rows, cols)
+    band: Band | None = None  # this rank's token rows; None = the whole frame
+
+    @property
+    def token_rows(self) -> int:
+        return self.height // self.patch_hw[0]
+
+    @property
+    def token_cols(self) -> int:
+        return self.width // self.patch_hw[1]
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Tokens of a whole frame."""
+        return self.token_rows * self.token_cols
+
+    @property
+    def rows(self) -> Band:
+        """This rank's token rows."""
+        return self.band or Band(0, 0, self.token_rows)
+
+    @property
+    def latent_rows(self) -> tuple[int, int]:
+        """This rank's latent rows [lo, hi)."""
+        return self.rows.lo * self.patch_hw[0], self.rows.hi * self.patch_hw[0]
 
     def hidden_shape(self, frames: int) -> tuple[int, int, int]:
-        return (self.batch, frames * self.tokens_per_frame, self.dim)
+        return (self.batch, frames * self.rows.rows * self.token_cols, self.dim)
 
     def latent_shape(self, frames: int) -> tuple[int, int, int, int, int]:
-        return (1, self.channels, frames, self.height, self.width)
+        lo, hi = self.latent_rows
+        return (1, self.channels, frames, hi - lo, self.width)
 
 
 class Source(Protocol):
@@ -140,6 +170,12 @@ class PredictionInbox:
     receive of a forward's prediction as soon as it launches that forward: the last stage can
     then always deliver, and no chain of blocked sends can close into a cycle. At most a queue's
     worth of forwards is in flight, which bounds the buffers.
+
+    With patch parallelism each first-stage band has its own inbox fed by the same band of the
+    last stage, so the argument holds band by band. The bands of a stage meet only in K/V and
+    latent exchanges, which every band posts at the same point of the plan (receives before
+    sends), and a band waits there only for messages its peers posted at an earlier or the same
+    point: the band furthest behind can always go on.
     """
 
     def __init__(self, p2p: P2P, src: int, driver: BlockDriver, geometry: Geometry):
@@ -167,23 +203,28 @@ class StageRunner:
     def __init__(self, stage: WanStage, plan: BlockPlan, *, texts: dict[int, torch.Tensor],
                  block_prompt: list[int], timesteps: torch.Tensor, geometry: Geometry, recorder: Recorder,
                  source: Source, sink: Sink, before_forward: Callable[[Forward], None] = lambda f: None,
-                 after_forward: Callable[[Forward], None] = lambda f: None):
+                 after_forward: Callable[[Forward], None] = lambda f: None,
+                 kv_tokens_per_frame: Callable[[int], int] | None = None):
         self.stage, self.plan, self.texts, self.block_prompt = stage, plan, texts, block_prompt
         self.timesteps, self.geo, self.recorder = timesteps, geometry, recorder
         self.source, self.sink = source, sink
         self.before_forward, self.after_forward = before_forward, after_forward
+        # Tokens per frame of the K/V that hooks after a layout-changing hook (the patch exchange) see.
+        self.kv_tokens_per_frame = kv_tokens_per_frame or (lambda step: geometry.tokens_per_frame)
 
     def condition(self, fwd: Forward) -> Conditioning:
+        """Time, text and RoPE of the window, cut to this rank's band (RoPE keeps global positions)."""
         lo, hi = self.plan.window(fwd)
         timestep = self.timesteps[fwd.step].expand(self.geo.batch)
-        grid = (hi - lo, self.geo.height // self.stage.patch_size[1], self.geo.width // self.stage.patch_size[2])
-        return self.stage.condition(timestep, self.texts[self.block_prompt[fwd.block]], grid, frame_offset=lo)
+        grid = (hi - lo, self.geo.token_rows, self.geo.token_cols)
+        cond = self.stage.condition(timestep, self.texts[self.block_prompt[fwd.block]], grid, frame_offset=lo)
+        return band_conditioning(cond, self.geo.rows)
 
     def _set_hook_info(self, fwd: Forward, frames: int) -> None:
         info = self.stage.hooks.info
         info.block, info.step = fwd.block, fwd.step
         info.window_frames, info.context_frames = frames, fwd.context_frames
-        info.tokens_per_frame = self.geo.tokens_per_frame
+        info.tokens_per_frame = self.kv_tokens_per_frame(fwd.step)
         info.keep_head_frames, info.future_block = fwd.keep_head_frames, fwd.future_block
 
     @torch.no_grad()
