@@ -4,70 +4,25 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import socket
 import time
-import traceback
 from multiprocessing.connection import wait as wait_any
-from pathlib import Path
 
 from paravideo.config import RunConfig
-from paravideo.errors import RankFailure
-from paravideo.io.sink import INCOMPLETE_NAME, PARTIAL_NAME
-from paravideo.report.run_report import RunReport, mark_failed
-
-TEARDOWN_GRACE_S = 10.0
-# Errors a rank raises because another rank went away first; they never name the root cause.
-SECONDARY = ("Terminated", "CommTimeout", "Connection closed", "Connection reset", "pair closure",
-             "KeyboardInterrupt")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# finalize_orphan_video is re-exported for callers that import it from here.
+from paravideo.launch.supervise import (TEARDOWN_GRACE_S, describe_exit, fail_run, finalize_orphan_video,  # noqa: F401
+                                        free_port, run_rank_message)
+from paravideo.report.run_report import RunReport
 
 
 def _entry(config: RunConfig, rank: int, world: int, port: int, conn) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from paravideo.launch.torchrun import run_torchrun_rank
-    from paravideo.worker import describe_failure
-
     try:
-        report = run_torchrun_rank(config)
-        conn.send(("ok", rank, report.to_json() if report else None))
-    except BaseException as err:  # noqa: BLE001 - reported to the supervisor
-        conn.send(("error", rank, describe_failure(err), traceback.format_exc()))
-        raise SystemExit(1) from None
+        message, failure = run_rank_message(config, rank=rank, world=world, local_rank=rank, addr="127.0.0.1",
+                                             port=port)
+        conn.send(message)
     finally:
         conn.close()
-
-
-def _root_cause(errors: list[tuple[int, str, str]], exits: dict[int, int]) -> tuple[int, str]:
-    primary = [e for e in errors if not any(mark in e[1] for mark in SECONDARY)]
-    if primary:
-        return primary[0][0], primary[0][1]
-    silent = [r for r, code in exits.items() if code not in (0, None) and r not in {e[0] for e in errors}]
-    if silent:
-        code = exits[silent[0]]
-        how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        return silent[0], f"the process {how} without reporting an error"
-    return errors[0][0], errors[0][1]
-
-
-def finalize_orphan_video(out_dir: Path) -> None:
-    """If rank 0 died before closing the mp4, its ffmpeg finalises on EOF: give the file its failed name."""
-    partial = out_dir / PARTIAL_NAME
-    for _ in range(50):
-        if not partial.exists():
-            return
-        time.sleep(0.1)
-        try:
-            os.replace(partial, out_dir / INCOMPLETE_NAME)
-            return
-        except OSError:
-            continue
+    if failure is not None:
+        raise SystemExit(1) from failure  # the process exits without freeing the failed run's objects
 
 
 def launch_local(config: RunConfig) -> RunReport:
@@ -110,13 +65,9 @@ def launch_local(config: RunConfig) -> RunReport:
                 except EOFError:
                     break
     errors = [(m[1], m[2], m[3]) for m in messages if m[0] == "error"]
-    exits = {r: p.exitcode for r, p in enumerate(procs)}
+    silent = {r: describe_exit(p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (0, None)}
     if failed or errors:
-        rank, cause = _root_cause(errors, exits)
-        out_dir = Path(config.output.dir)
-        finalize_orphan_video(out_dir)
-        mark_failed(out_dir, f"rank {rank}: {cause}")
-        raise RankFailure(rank, cause)
+        raise fail_run(config.output.dir, errors, silent)
     report = next(m[2] for m in messages if m[0] == "ok" and m[1] == 0)
     return RunReport(**report)
 
