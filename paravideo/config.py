@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,10 +127,45 @@ class ParallelConfig(_Section):
 
 class LaunchConfig(_Section):
     launcher: Literal["inline", "local", "torchrun", "ray"] = Field(
-        "inline", description="inline = this process; local = spawn launch.nproc workers here")
-    nproc: int = Field(1, ge=1, description="workers for the local launcher")
+        "inline", description="inline = this process; local = spawn launch.nproc workers here; "
+        "ray = one Ray actor per rank")
+    nproc: int = Field(1, ge=1, description="workers (ranks) for the local and ray launchers")
     threads_per_rank: int = Field(1, ge=1, description="torch CPU threads per worker")
     timeout_s: float = Field(300.0, gt=0, description="a rank waiting longer than this fails the run")
+    ray_address: str = Field("auto", description="auto = the running cluster (RAY_ADDRESS or a local head), "
+                             "else start a local Ray instance; local = always a private local instance; "
+                             "HOST:PORT or ray://HOST:PORT = that cluster")
+    ray_connect_timeout_s: float = Field(5.0, gt=0, description="how long the pre-flight check waits for "
+                                         "the Ray address to answer")
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance started here "
+                                     "(default: all cores)")
+    ray_temp_dir: str | None = Field(None, description="temp dir of a local Ray instance started here "
+                                     "(default: a fresh one, removed afterwards)")
+    ray_cpus_per_rank: float = Field(1.0, ge=0, description="CPUs each rank's actor reserves (0 in tests on "
+                                     "small machines)")
+    resources: dict[str, float] = Field(default_factory=dict, description="extra Ray resources each rank's "
+                                        "actor reserves, e.g. {my_gpu_pool: 1}")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement group strategy for the ranks' bundles")
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address_form(cls, value: str) -> str:
+        from paravideo.launch.ray_address import parse_ray_address
+
+        parse_ray_address(value)
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _resources_named(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name in ("CPU", "GPU"):
+                raise ValueError(f"{name!r} cannot be set here: CPUs come from launch.ray_cpus_per_rank, "
+                                 "GPUs from model.device (one per rank with cuda)")
+            if amount < 0:
+                raise ValueError(f"{name!r}: {amount} must be >= 0")
+        return value
 
 
 class OutputConfig(_Section):
@@ -188,16 +224,37 @@ class RunConfig(_Section):
         return self.model_dump(mode="json")
 
 
+def _section_keys(loc: tuple) -> list[str]:
+    """The keys valid beside the last element of `loc` (empty where that is not a config section)."""
+    section: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        section = field.annotation
+    return list(section.model_fields)
+
+
+def _unknown_key(loc: tuple) -> str:
+    keys = _section_keys(loc)
+    if not keys:
+        return "unknown key (check the spelling; `paravideo validate` lists the resolved config)"
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    return ("unknown key" + (f"; did you mean {close[0]!r}?" if close else "") + f" (valid keys here: {', '.join(keys)})")
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for item in err.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        # Cross-field checks have no location of their own; their messages name the fields.
+        field = ".".join(str(p) for p in item["loc"])
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `paravideo validate` lists the resolved config)"
+            msg = _unknown_key(item["loc"])
         elif item["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"  {field}: {msg}" + (f" (got {item['input']!r})" if item["type"].endswith("_type") else ""))
+        lines.append(f"  {field + ': ' if field else ''}{msg}"
+                     + (f" (got {item['input']!r})" if item["type"].endswith("_type") else ""))
     return "\n".join(lines)
 
 

@@ -20,7 +20,9 @@ def preflight(config: RunConfig, *, world_size: int | None = None) -> dict:
 
     layout = ParallelLayout(pipeline=config.parallel.pipeline, patch=config.parallel.patch)
     if world_size is None:
-        world_size = {"inline": 1, "local": config.launch.nproc}.get(config.launch.launcher, layout.world_size)
+        world_size = {"inline": 1, "local": config.launch.nproc, "ray": config.launch.nproc}.get(
+            config.launch.launcher, layout.world_size)
+    _check_launch_target(config, layout.world_size)
     layout.check_world(world_size)
     if config.model.path.startswith(BUILTIN_PREFIX):
         from paravideo.models.builtin import ensure_builtin
@@ -34,6 +36,25 @@ def preflight(config: RunConfig, *, world_size: int | None = None) -> dict:
         raise ConfigError(str(err)) from None
     stage_ranges(tconfig["num_layers"], layout.pipeline, config.parallel.stage_layers)
     return tconfig
+
+
+def _check_launch_target(config: RunConfig, ranks: int) -> None:
+    """What the launcher will reach for exists: one rank for inline, the Ray cluster, a CUDA device."""
+    launch = config.launch
+    if launch.launcher == "inline" and ranks != 1:
+        raise ConfigError(f"launch.launcher 'inline' runs one rank, but the parallel degrees need {ranks}; set "
+                          f"launch.launcher: local (or ray) and launch.nproc: {ranks}")
+    if launch.launcher == "ray":
+        from paravideo.launch.ray_address import check_ray_address
+
+        check_ray_address(launch.ray_address, timeout_s=launch.ray_connect_timeout_s)
+    # Only inline and local ranks run here; torchrun and Ray ranks check their own machines' devices.
+    elif config.model.device == "cuda" and launch.launcher in ("inline", "local"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("model.device is 'cuda' but torch sees no CUDA device on this machine; use "
+                              "model.device: auto or cpu, or launch.launcher: torchrun / ray on GPU machines")
 
 
 def generate(config: RunConfig) -> RunReport | None:
