@@ -217,6 +217,10 @@ class RunConfig(_Section):
             raise ValueError(f"parallel.warmup_steps = {par.warmup_steps} exceeds sampling.steps = "
                              f"{self.sampling.steps}; use at most {self.sampling.steps} (equal to steps makes "
                              f"{par.patch_mode} exact)")
+        if par.patch > 1 and self.output.checkpoint_every:
+            # Checkpoints hold rank 0's queue; with bands the other first-stage ranks own rows of it.
+            raise ValueError("output.checkpoint_every is not supported with parallel.patch > 1 yet; set "
+                             "output.checkpoint_every: 0 or parallel.patch: 1")
         return self
 
     def resolved(self) -> dict[str, Any]:
