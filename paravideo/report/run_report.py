@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ class RunReport:
     ranks: list[dict] = field(default_factory=list)
     block_digests: list[str] = field(default_factory=list)
     error: str | None = None
+    # Rank 0 builds the report on the machine whose sink wrote the video, so its host name is the default.
+    video_node: str | None = field(default_factory=socket.gethostname)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
