@@ -56,17 +56,14 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_validate(args) -> int:
+    """Print the resolved config and the plan (ranks, stages, blocks, weight bytes); start no worker."""
     from paravideo.config import load_config
     from paravideo.generate import preflight
-    from paravideo.worker import build_plan
+    from paravideo.run_plan import describe_run
 
     config = load_config(args.config, args.overrides)
     tconfig = preflight(config, world_size=args.world_size)
-    plan = build_plan(config)
-    print(json.dumps({"config": config.resolved(), "model_layers": tconfig["num_layers"],
-                      "plan": {"blocks": [b.frames for b in plan.blocks], "iterations": plan.iterations,
-                               "max_queue": plan.max_queue, "latent_frames": plan.latent_frames,
-                               "frames": config.video.num_frames}}, indent=2))
+    print(json.dumps({"config": config.resolved(), "plan": describe_run(config, tconfig)}, indent=2))
     return 0
 
 
