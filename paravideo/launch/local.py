@@ -8,9 +8,7 @@ import time
 from multiprocessing.connection import wait as wait_any
 
 from paravideo.config import RunConfig
-# finalize_orphan_video is re-exported for callers that import it from here.
-from paravideo.launch.supervise import (TEARDOWN_GRACE_S, describe_exit, fail_run, finalize_orphan_video,  # noqa: F401
-                                        free_port, run_rank_message)
+from paravideo.launch.supervise import TEARDOWN_GRACE_S, describe_exit, fail_run, free_port, run_rank_message
 from paravideo.report.run_report import RunReport
 
 
