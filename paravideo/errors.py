@@ -16,7 +16,9 @@ class ModelLoadError(ParavideoError):
 class RankFailure(ParavideoError):
     """A worker rank failed; the message names the rank and the cause."""
 
-    def __init__(self, rank: int, cause: str):
+    def __init__(self, rank: int, cause: str, *, teardown_s: float | None = None):
         super().__init__(f"rank {rank} failed: {cause}")
         self.rank = rank
         self.cause = cause
+        # Seconds from the supervisor noticing the failure until every rank had ended.
+        self.teardown_s = teardown_s

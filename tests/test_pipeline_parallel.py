@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -81,10 +80,10 @@ def test_each_rank_holds_its_layers_share(make_config, tiny_root):
 def test_failure_in_rank_1_ends_every_rank_and_names_it(make_config, monkeypatch):
     monkeypatch.setenv("PARAVIDEO_FAULT", "1:7")
     config = _ranked(make_config, 3, launch={"launcher": "local", "nproc": 3, "timeout_s": 30})
-    start = time.monotonic()
     with pytest.raises(RankFailure) as info:
         generate(config)
-    assert time.monotonic() - start < 60, "teardown must be bounded"
+    # Bounded: the other ranks were stopped within the launcher's grace period, not left to time out.
+    assert info.value.teardown_s is not None and info.value.teardown_s < 15
     assert info.value.rank == 1 and "injected failure" in str(info.value)
     out = Path(config.output.dir)
     data = json.loads((out / "run.json").read_text())

@@ -55,7 +55,9 @@ def launch_local(config: RunConfig) -> RunReport:
                     procs[rank].join()
                     failed = failed or procs[rank].exitcode != 0
     finally:
+        noticed = time.monotonic()
         _teardown(procs)
+        teardown_s = time.monotonic() - noticed
         for reader in pipes:
             while reader[0].poll():
                 try:
@@ -65,7 +67,7 @@ def launch_local(config: RunConfig) -> RunReport:
     errors = [(m[1], m[2], m[3]) for m in messages if m[0] == "error"]
     silent = {r: describe_exit(p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (0, None)}
     if failed or errors:
-        raise fail_run(config.output.dir, errors, silent)
+        raise fail_run(config.output.dir, errors, silent, teardown_s=teardown_s)
     report = next(m[2] for m in messages if m[0] == "ok" and m[1] == 0)
     return RunReport(**report)
 

@@ -89,8 +89,9 @@ def record_failure(out_dir: str | Path, rank: int, cause: str) -> None:
     mark_failed(out_dir, f"rank {rank}: {cause}")
 
 
-def fail_run(out_dir: str | Path, errors: list[tuple[int, str, str]], silent: dict[int, str]) -> RankFailure:
+def fail_run(out_dir: str | Path, errors: list[tuple[int, str, str]], silent: dict[int, str], *,
+             teardown_s: float | None = None) -> RankFailure:
     """Record the root cause in the output folder here; return the RankFailure to raise."""
     rank, cause = root_cause(errors, silent)
     record_failure(out_dir, rank, cause)
-    return RankFailure(rank, cause)
+    return RankFailure(rank, cause, teardown_s=teardown_s)
