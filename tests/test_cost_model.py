@@ -97,7 +97,7 @@ def test_predictions_are_monotone_in_frames_and_layers(tiny_shape):
 
 
 def test_one_stage_replay_never_waits(tiny_shape):
-    from paravideo.report.cost_model import schedule_costs
+    from paravideo.report.costs import schedule_costs
 
     s = _scenario(tiny_shape, pipeline=1)
     costs = schedule_costs(s, load_profile("a100"), DecodeShape())
@@ -122,11 +122,26 @@ def test_traffic_equals_the_recorders_bytes(make_config, tiny_root):
     measured = {r["rank"]: {k: v for k, v in r["bytes_by_kind"].items() if v} for r in run["ranks"]}
     scenario = Scenario.from_config(config)
     assert scenario.prompts == 2 and scenario.dtype_bytes == 2
-    assert traffic_by_rank(scenario.traffic_layout()) == measured
+    assert traffic_by_rank(scenario.traffic) == measured
     assert set(measured[0]) == {"text", "hidden"} and set(measured[1]) == {"prediction"}
     params = {r["rank"]: r["param_bytes"] for r in run["ranks"]}
     pred = predict(scenario, load_profile("cpu-local"))
     assert {r.rank: r.memory.weights for r in pred.ranks} == params
+
+
+def test_patch_traffic_equals_the_recorders_bytes(make_config, tiny_root):
+    from paravideo.generate import generate
+
+    # PCPP on 2 bands: exact K/V in the warm-up step, halo rows after it, finished rows gathered to rank 0.
+    config = make_config(video={"height": 64, "width": 48}, sampling={"steps": 3},
+                         blocks={"block_frames": 2, "context_frames": 1},
+                         parallel={"patch": 2, "patch_mode": "pcpp", "warmup_steps": 1},
+                         launch={"launcher": "local", "nproc": 2})
+    generate(config)
+    run = json.loads((Path(config.output.dir) / "run.json").read_text())
+    measured = {r["rank"]: {k: v for k, v in r["bytes_by_kind"].items() if v} for r in run["ranks"]}
+    assert traffic_by_rank(Scenario.from_config(config).traffic) == measured
+    assert {"patch_kv_exact", "patch_kv_halo"} <= set(measured[1]) and "latent_gather" in measured[1]
 
 
 def test_plan_ranks_candidates_and_prints_a_recommendation(tmp_path, capsys, tiny_root):

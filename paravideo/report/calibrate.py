@@ -77,7 +77,8 @@ def calibrate(*, threads: int = 1, repeats: int = 5, log=print) -> HardwareProfi
     log(f"mp4 write: open {write['open_s'] * 1e3:.1f} ms, {write['frame_s'] * 1e3:.3f} ms per frame + "
         f"{write['mpixel_s'] * 1e3:.2f} ms per megapixel")
     p2p = measure_p2p(repeats)
-    log(f"gloo p2p: {p2p['gbps']:.2f} GB/s, {p2p['latency_s'] * 1e6:.0f} us per message")
+    log(f"gloo p2p: {p2p['gbps']:.2f} GB/s, {p2p['latency_s'] * 1e6:.0f} us per message on the wire, "
+        f"{p2p['wait_s'] * 1e6:.0f} us per wait call")
     run = measure_run(threads)
     log(f"1-rank tiny run: start-up {run['startup_s']:.2f} s, finish {run['finish_s']:.2f} s, "
         f"baseline memory {run['base_gib']:.2f} GiB")
@@ -92,7 +93,8 @@ def calibrate(*, threads: int = 1, repeats: int = 5, log=print) -> HardwareProfi
         "call_overhead_s": dit["call_overhead_s"], "scheduler_step_s": sched,
         "vae_peak_tflops": decode["flops_per_s"] / 1e12, "decode_frame_overhead_s": decode["frame_overhead_s"],
         "video_open_s": write["open_s"], "write_frame_s": write["frame_s"], "write_s_per_mpixel": write["mpixel_s"],
-        "link_gbps": p2p["gbps"], "link_latency_s": p2p["latency_s"], "memory_gib": memory,
+        "link_gbps": p2p["gbps"], "link_latency_s": p2p["latency_s"], "wait_overhead_s": p2p["wait_s"],
+        "memory_gib": memory,
         "runtime_base_gib": max(0.0, run["base_gib"]), "startup_s": run["startup_s"], "load_gbps": 1.0,
         "finish_s": max(0.0, run["finish_s"])})
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from paravideo.report.flops import (condition_flops, embed_flops, head_flops, layer_flops, text_projection_flops,
-                                    window)
+from paravideo.report.costs import forward_dit_flops, schedule_costs, startup_seconds
 from paravideo.report.memory import MemoryBreakdown, memory_by_rank
 from paravideo.report.profiles import HardwareProfile
 from paravideo.report.scenario import DecodeShape, Scenario
-from paravideo.report.shapes import stage_param_bytes
-from paravideo.report.simulate import Replay, ScheduleCosts, replay
+from paravideo.report.simulate import Replay, replay
 from paravideo.report.traffic import traffic_by_rank
 
-MEGA = 1e6
+__all__ = ["Prediction", "RankPrediction", "forward_dit_flops", "predict", "startup_seconds"]
 
 
 @dataclass
@@ -77,70 +75,34 @@ class Prediction:
                 "max_peak_memory_bytes": self.max_peak_memory, "ranks": [r.to_json() for r in self.ranks]}
 
 
-def forward_dit_flops(s: Scenario) -> list[int]:
-    """FLOPs of each block-forward through the whole DiT (embed, conditioning, every layer, head)."""
-    out = []
-    for fwd in s.plan.forwards:
-        w = window(s.plan, fwd, tokens_per_frame=s.tokens_per_frame, batch=s.batch, text_tokens=s.text_tokens)
-        out.append(s.shape.num_layers * sum(layer_flops(s.shape, w).values()) + condition_flops(s.shape, s.batch)
-                   + embed_flops(s.shape, w.query_tokens) + head_flops(s.shape, s.batch, w.query_tokens))
-    return out
+def _slowdown(s: Scenario, profile: HardwareProfile, timeline: Replay) -> float:
+    """CPU time-sharing: ranks busy at once (on average) beyond the cores stretch every piece of work.
 
-
-def _contention(s: Scenario, profile: HardwareProfile) -> float:
-    # On a CPU, ranks beyond the cores time-share them; a GPU profile leaves compute_slots unset.
-    slots = profile.compute_slots
-    return max(1.0, s.world_size * s.threads_per_rank / slots) if slots else 1.0
-
-
-def schedule_costs(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> ScheduleCosts:
-    """Seconds of every piece of work and message of the scenario on `profile`."""
-    slow = _contention(s, profile)
-    rate = profile.dit_flops_per_s / slow
-    call = profile.call_overhead_s * slow
-    layers_s: list[list[float]] = [[] for _ in s.ranges]
-    embed_s, head_s = [], []
-    cond_s = call + condition_flops(s.shape, s.batch) / rate
-    for fwd in s.plan.forwards:
-        w = window(s.plan, fwd, tokens_per_frame=s.tokens_per_frame, batch=s.batch, text_tokens=s.text_tokens)
-        one_layer = profile.layer_overhead_s * slow + sum(layer_flops(s.shape, w).values()) / rate
-        for stage, (lo, hi) in enumerate(s.ranges):
-            layers_s[stage].append(cond_s + (hi - lo) * one_layer)
-        embed_s.append(call + embed_flops(s.shape, w.query_tokens) / rate)
-        head_s.append(call + head_flops(s.shape, s.batch, w.query_tokens) / rate)
-    pixels = s.latent_height * s.latent_width * 64 / MEGA  # megapixels per output frame (VAE 8x8)
-    write_frame_s = profile.write_frame_s + pixels * profile.write_s_per_mpixel
-    block_out = [(b.frames * profile.decode_frame_overhead_s + decode.block_flops(s, b.index)
-                  / profile.vae_flops_per_s) * slow + s.block_output_frames(b.index) * write_frame_s
-                 for b in s.plan.blocks]
-    block_out[0] += profile.video_open_s
-    layout = s.traffic_layout()
-    seqs = range(len(s.plan.forwards))
-    return ScheduleCosts(layers_s=layers_s, embed_s=embed_s, head_s=head_s,
-                         scheduler_step_s=profile.scheduler_step_s * slow, block_out_s=block_out,
-                         hidden_msg_s=[profile.message_s(layout.hidden_bytes(q)) for q in seqs],
-                         prediction_msg_s=[profile.message_s(layout.prediction_bytes(q)) for q in seqs])
-
-
-def startup_seconds(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> float:
-    """Fixed start-up plus reading rank 0's share (its stage, the float32 text encoder and VAE)."""
-    lo, hi = s.ranges[0]
-    nbytes = stage_param_bytes(s.shape, hi - lo, s.dtype_bytes) + 4 * ((s.shape.text_encoder_params or 0)
-                                                                       + decode.params)
-    text = text_projection_flops(s.shape, s.prompts + int(s.cfg), s.text_tokens) / profile.dit_flops_per_s
-    return profile.startup_s + nbytes / (profile.load_gbps * 1e9) + text
+    A GPU profile leaves compute_slots unset. Idle ranks block in a wait and take no core, so the
+    demand is the replayed busy share summed over ranks, not the rank count.
+    """
+    if not profile.compute_slots or not timeline.loop_s:
+        return 1.0
+    busy = sum(r.busy_s + r.io_s for r in timeline.ranks) * s.patch / timeline.loop_s
+    return max(1.0, busy * s.threads_per_rank / profile.compute_slots)
 
 
 def predict(s: Scenario, profile: HardwareProfile, decode: DecodeShape | None = None) -> Prediction:
     """Predict the run of scenario `s` on `profile` (pass `decode` to reuse a counted VAE)."""
     decode = decode if decode is not None else DecodeShape.of(s)
     timeline: Replay = replay(s.plan, schedule_costs(s, profile, decode), stages=s.pipeline)
-    traffic = traffic_by_rank(s.traffic_layout())
+    slow = _slowdown(s, profile, timeline)
+    if slow > 1.0:
+        timeline = replay(s.plan, schedule_costs(s, profile, decode, slow), stages=s.pipeline)
+    traffic = traffic_by_rank(s.traffic)
     memory = memory_by_rank(s, profile, decode)
     startup = startup_seconds(s, profile, decode)
-    ranks = [RankPrediction(rank=r, layers=s.ranges[r], memory=memory[r], busy_s=t.busy_s, idle_s=t.idle_s,
-                            io_s=t.io_s, bytes_by_kind=traffic.get(r, {}))
-             for r, t in enumerate(timeline.ranks)]
+    # Bands of a stage run the same schedule: each rank takes its stage's replayed timeline.
+    stage_of = [r // s.patch for r in range(s.world_size)]
+    ranks = [RankPrediction(rank=r, layers=s.ranges[stage_of[r]], memory=memory[r],
+                            busy_s=timeline.ranks[stage_of[r]].busy_s, idle_s=timeline.ranks[stage_of[r]].idle_s,
+                            io_s=timeline.ranks[stage_of[r]].io_s if r == 0 else 0.0, bytes_by_kind=traffic.get(r, {}))
+             for r in range(s.world_size)]
     return Prediction(profile=profile.name, wall_s=startup + timeline.loop_s + profile.finish_s,
                       first_frame_s=startup + timeline.first_frame_s, startup_s=startup, loop_s=timeline.loop_s,
                       dit_flops=sum(forward_dit_flops(s)), ranks=ranks)

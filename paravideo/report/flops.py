@@ -58,14 +58,20 @@ def text_projection_flops(shape: DiTShape, texts: int, text_tokens: int) -> int:
     return matmul(texts * text_tokens, shape.text_dim, shape.dim) + matmul(texts * text_tokens, shape.dim, shape.dim)
 
 
-def window(plan: BlockPlan, fwd: Forward, *, tokens_per_frame: int, batch: int, text_tokens: int) -> Window:
-    """Tokens of forward `fwd`: context + block queries; keys add the newer neighbour's cached head."""
+def window(plan: BlockPlan, fwd: Forward, *, tokens_per_frame: int, batch: int, text_tokens: int,
+           key_tokens_per_frame: int | None = None, cached_tokens_per_frame: int | None = None) -> Window:
+    """Tokens of forward `fwd`: context + block queries; keys add the newer neighbour's cached head.
+
+    With patch bands the queries are one band's rows while keys cover the rows the band sees
+    (`key_tokens_per_frame`), and the cached head keeps the layout of the step it was made at.
+    """
     lo, hi = plan.window(fwd)
+    keys = key_tokens_per_frame or tokens_per_frame
     cached = 0
     if fwd.future_block is not None:
-        cached = min(plan.context_frames, plan.blocks[fwd.future_block].frames)
-    return Window(batch=batch, query_tokens=(hi - lo) * tokens_per_frame,
-                  key_tokens=(hi - lo + cached) * tokens_per_frame, text_tokens=text_tokens)
+        cached = min(plan.context_frames, plan.blocks[fwd.future_block].frames) * (cached_tokens_per_frame or keys)
+    return Window(batch=batch, query_tokens=(hi - lo) * tokens_per_frame, key_tokens=(hi - lo) * keys + cached,
+                  text_tokens=text_tokens)
 
 
 def vae_decode_flops(vae_config: dict, latent_height: int, latent_width: int) -> tuple[int, int]:

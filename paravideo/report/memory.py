@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from paravideo.parallel.comm import MAX_SENDS_IN_FLIGHT
-from paravideo.report.flops import window
 from paravideo.report.profiles import HardwareProfile
 from paravideo.report.scenario import DecodeShape, Scenario
 from paravideo.report.shapes import stage_param_bytes
@@ -38,12 +37,12 @@ class MemoryBreakdown:
         return {**asdict(self), "peak": self.peak}
 
 
-def _activations(s: Scenario, profile: HardwareProfile) -> int:
+def _activations(s: Scenario, profile: HardwareProfile, band: int) -> int:
     """Largest working set of one layer over the plan's forwards (residual stream + the widest sub-layer)."""
     d, f, heads, nbytes = s.shape.dim, s.shape.ffn_dim, s.shape.num_heads, s.dtype_bytes
     worst = 0
     for fwd in s.plan.forwards:
-        w = window(s.plan, fwd, tokens_per_frame=s.tokens_per_frame, batch=s.batch, text_tokens=s.text_tokens)
+        w = s.window(fwd, band)
         b, q, kv, text = w.batch, w.query_tokens, w.key_tokens, w.text_tokens
         scores = b * heads * q * max(kv, text) * FP32 if profile.attention_scores_in_memory else 0
         ffn = b * q * (2 * d + 2 * f) * nbytes
@@ -51,6 +50,16 @@ def _activations(s: Scenario, profile: HardwareProfile) -> int:
         cross = b * (4 * q * d + 2 * text * d) * nbytes + scores
         worst = max(worst, b * q * d * nbytes + max(ffn, attn, cross))
     return worst
+
+
+def _stale_buffers(s: Scenario, layers: int, band: int) -> int:
+    """distrifusion / pcpp: per queued block and layer, two sets (read, being filled) of the remote pieces."""
+    t = s.traffic
+    if s.patch == 1 or s.patch_mode == "exact" or s.warmup_steps >= s.steps:
+        return 0
+    remote = [p for p in t.pieces_of(band, s.steps - 1) if p.index != band]
+    widest = max(range(len(s.plan.forwards)), key=t.frames)
+    return s.plan.max_queue * layers * 2 * sum(t.kv_bytes(widest, p) for p in remote)
 
 
 def _feature_cache(s: Scenario, layers: int) -> int:
@@ -65,7 +74,7 @@ def _comm_buffers(s: Scenario, stage: int) -> int:
     """Pooled receive buffers and the tensors of sends still in flight."""
     if s.pipeline == 1:
         return 0
-    layout = s.traffic_layout()
+    layout = s.traffic
     seqs = range(len(s.plan.forwards))
     hidden = max(layout.hidden_bytes(q) for q in seqs)
     prediction = max(layout.prediction_bytes(q) for q in seqs)
@@ -79,19 +88,25 @@ def _comm_buffers(s: Scenario, stage: int) -> int:
     return held
 
 
-def _driver(s: Scenario, decode: DecodeShape) -> int:
+def _driver(s: Scenario, decode: DecodeShape, band: int) -> int:
+    """A first-stage band's queue of latent rows with scheduler state; rank 0 also holds the VAE."""
     block = max(b.frames for b in s.plan.blocks) + s.context_frames
-    latent = s.shape.out_channels * block * s.latent_height * s.latent_width * FP32
-    return s.plan.max_queue * LATENT_COPIES * latent + decode.params * FP32
+    rows = s.split.bands[band].rows / s.split.token_rows
+    latent = s.shape.out_channels * block * s.latent_height * s.latent_width * FP32 * rows
+    return int(s.plan.max_queue * LATENT_COPIES * latent) + (decode.params * FP32 if band == 0 else 0)
 
 
 def memory_by_rank(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> list[MemoryBreakdown]:
-    """The breakdown for every rank of the scenario."""
+    """The breakdown for every rank (rank = stage x patch + band)."""
+    activations = {band: _activations(s, profile, band) for band in range(s.patch)}
     out = []
-    for stage, (lo, hi) in enumerate(s.ranges):
+    for rank in range(s.world_size):
+        stage, band = divmod(rank, s.patch)
+        lo, hi = s.ranges[stage]
         out.append(MemoryBreakdown(
             base=int(profile.runtime_base_gib * GIB), weights=stage_param_bytes(s.shape, hi - lo, s.dtype_bytes),
-            activations=_activations(s, profile), feature_cache=_feature_cache(s, hi - lo), stale_buffers=0,
-            comm_buffers=_comm_buffers(s, stage), driver=_driver(s, decode) if stage == 0 else 0,
-            text_encoder=(s.shape.text_encoder_params or 0) * FP32 if stage == 0 else 0))
+            activations=activations[band], feature_cache=_feature_cache(s, hi - lo),
+            stale_buffers=_stale_buffers(s, hi - lo, band), comm_buffers=_comm_buffers(s, stage),
+            driver=_driver(s, decode, band) if stage == 0 else 0,
+            text_encoder=(s.shape.text_encoder_params or 0) * FP32 if rank == 0 else 0))
     return out

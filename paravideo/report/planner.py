@@ -9,7 +9,8 @@ from paravideo.report.profiles import HardwareProfile
 from paravideo.report.scenario import DecodeShape, Scenario
 
 GIB = 1024 ** 3
-BLOCK_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 21, 24, 32)
+BLOCK_SIZES = (1, 2, 4, 6, 8, 12, 16, 24, 32)
+PATCH_DEGREES = (1, 2, 4, 8)
 
 
 @dataclass
@@ -23,11 +24,12 @@ class Candidate:
     @property
     def overrides(self) -> list[str]:
         s = self.scenario
-        return [f"parallel.pipeline={s.pipeline}", f"launch.nproc={s.pipeline}", f"blocks.block_frames={s.block_frames}"]
+        return [f"parallel.pipeline={s.pipeline}", f"parallel.patch={s.patch}", f"launch.nproc={s.world_size}",
+                f"blocks.block_frames={s.block_frames}"]
 
     def row(self) -> dict:
         p, s = self.prediction, self.scenario
-        return {"gpus_used": s.world_size, "pipeline": s.pipeline, "block_frames": s.block_frames,
+        return {"gpus_used": s.world_size, "pipeline": s.pipeline, "patch": s.patch, "block_frames": s.block_frames,
                 "blocks": len(s.plan.blocks), "wall_s": p.wall_s, "time_to_first_frame_s": p.first_frame_s,
                 "max_memory_gib": p.max_peak_memory / GIB, "fits": self.fits, "bubble": p.bubble,
                 "sent_gib": p.bytes_sent / GIB, "overrides": self.overrides}
@@ -42,13 +44,26 @@ def block_sizes(base: Scenario) -> list[int]:
     return sorted(sizes)
 
 
+def meshes(base: Scenario, gpus: int) -> list[tuple[int, int]]:
+    """(pipeline, patch) pairs: pipelines on up to `gpus` GPUs, and pipeline x patch using all of them.
+
+    Patch degrees go in only with the config's patch mode (the approximation is the user's choice).
+    """
+    out = [(p, 1) for p in range(1, min(gpus, base.shape.num_layers) + 1)]
+    if base.patch > 1:
+        rows = base.split.token_rows
+        out += [(gpus // q, q) for q in PATCH_DEGREES
+                if 1 < q <= rows and gpus % q == 0 and gpus // q <= base.shape.num_layers]
+    return out
+
+
 def candidates(base: Scenario, gpus: int, profile: HardwareProfile) -> list[Candidate]:
-    """Every pipeline degree up to `gpus` (and the model's depth) with every block size, predicted."""
+    """Every mesh with every block size, predicted."""
     decode = DecodeShape.of(base)
     out = []
-    for pipeline in range(1, min(gpus, base.shape.num_layers) + 1):
+    for pipeline, patch in meshes(base, gpus):
         for block in block_sizes(base):
-            scenario = base.but(pipeline=pipeline, block_frames=block)
+            scenario = base.but(pipeline=pipeline, patch=patch, block_frames=block)
             prediction = predict(scenario, profile, decode)
             out.append(Candidate(scenario, prediction, prediction.max_peak_memory <= profile.memory_gib * GIB))
     return rank(out)
@@ -63,11 +78,11 @@ def render(items: list[Candidate], *, top: int, profile: HardwareProfile, gpus: 
     """A plain-text table of the best `top` candidates and the recommended overrides."""
     lines = [f"candidate plans for {gpus} GPU(s) on profile {profile.name} ({profile.description}); "
              "ranked by predicted wall time among plans that fit in memory",
-             f"{'#':>3} {'gpus':>4} {'pipe':>4} {'block':>5} {'blocks':>6} {'wall s':>10} {'1st frame s':>11} "
+             f"{'#':>3} {'gpus':>4} {'pipe':>4} {'patch':>5} {'block':>5} {'blocks':>6} {'wall s':>10} {'1st frame s':>11} "
              f"{'GiB/GPU':>8} {'fits':>4} {'bubble':>6} {'GiB sent':>9}"]
     for i, c in enumerate(items[:top], 1):
         r = c.row()
-        lines.append(f"{i:>3} {r['gpus_used']:>4} {r['pipeline']:>4} {r['block_frames']:>5} {r['blocks']:>6} "
+        lines.append(f"{i:>3} {r['gpus_used']:>4} {r['pipeline']:>4} {r['patch']:>5} {r['block_frames']:>5} {r['blocks']:>6} "
                      f"{r['wall_s']:>10.1f} {r['time_to_first_frame_s']:>11.1f} {r['max_memory_gib']:>8.2f} "
                      f"{'yes' if r['fits'] else 'NO':>4} {r['bubble']:>6.2f} {r['sent_gib']:>9.2f}")
     if items and items[0].fits:

@@ -32,7 +32,9 @@ class HardwareProfile(BaseModel):
     write_frame_s: float = Field(ge=0, description="fixed seconds to hand one output frame to ffmpeg")
     write_s_per_mpixel: float = Field(ge=0, description="seconds to hand one megapixel of output frames to ffmpeg")
     link_gbps: float = Field(gt=0, description="achieved point-to-point GB/s between neighbouring ranks")
-    link_latency_s: float = Field(ge=0, description="fixed seconds per message (wire + software)")
+    link_latency_s: float = Field(ge=0, description="fixed seconds per message on the wire")
+    wait_overhead_s: float = Field(0.0, ge=0, description="seconds one wait call costs even when the message is "
+                                   "there (gloo waits run in a helper thread)")
     memory_gib: float = Field(gt=0, description="device memory per GPU (or RAM share per CPU rank)")
     runtime_base_gib: float = Field(ge=0, description="memory a rank holds before any model (CUDA context / RSS)")
     startup_s: float = Field(ge=0, description="fixed seconds from worker start to the first forward")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-from paravideo.report.flops import vae_decode_flops
+from paravideo.parallel.patch.bands import BandSplit
+from paravideo.report.flops import Window, vae_decode_flops, window
 from paravideo.report.shapes import DiTShape
 from paravideo.report.traffic import TrafficLayout
-from paravideo.schedule.plan import BlockPlan, make_plan
+from paravideo.schedule.plan import BlockPlan, Forward, make_plan
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 TIME_STRIDE, VAE_STRIDE = 4, 8
@@ -33,6 +34,10 @@ class Scenario:
     text_tokens: int = 512
     prompts: int = 1
     threads_per_rank: int = 1
+    patch: int = 1
+    patch_mode: str = "exact"
+    pcpp_fraction: float = 0.3
+    warmup_steps: int = 4
 
     @classmethod
     def from_config(cls, config, shape: DiTShape | None = None) -> Scenario:
@@ -49,7 +54,9 @@ class Scenario:
                    stage_layers=tuple(config.parallel.stage_layers) if config.parallel.stage_layers else None,
                    cfg=config.sampling.guidance_scale > 1.0, dtype_bytes=DTYPE_BYTES[config.model.dtype],
                    text_tokens=config.model.text_max_length, prompts=len(prompts),
-                   threads_per_rank=config.launch.threads_per_rank)
+                   threads_per_rank=config.launch.threads_per_rank, patch=config.parallel.patch,
+                   patch_mode=config.parallel.patch_mode, pcpp_fraction=config.parallel.pcpp_fraction,
+                   warmup_steps=config.parallel.warmup_steps)
 
     def but(self, **changes) -> Scenario:
         """A copy with some fields changed (layer split reset when the stage count changes)."""
@@ -59,7 +66,7 @@ class Scenario:
 
     @property
     def world_size(self) -> int:
-        return self.pipeline
+        return self.pipeline * self.patch
 
     @property
     def batch(self) -> int:
@@ -68,6 +75,12 @@ class Scenario:
     @property
     def tokens_per_frame(self) -> int:
         return (self.latent_height // self.shape.patch[1]) * (self.latent_width // self.shape.patch[2])
+
+    @cached_property
+    def split(self) -> BandSplit:
+        """The frame's token rows cut into `patch` bands, as the engine cuts them."""
+        return BandSplit.even(self.latent_height // self.shape.patch[1], self.latent_width // self.shape.patch[2],
+                              self.patch)
 
     @property
     def output_frames(self) -> int:
@@ -85,17 +98,27 @@ class Scenario:
         counts = list(self.stage_layers) if self.stage_layers else None
         return stage_ranges(self.shape.num_layers, self.pipeline, counts)
 
+    def window(self, fwd: Forward, band: int = 0) -> Window:
+        """Tokens of band `band` (the whole frame without patch parallelism) in forward `fwd`."""
+        cols = self.split.token_cols
+        seen = lambda step: sum(p.rows for p in self.traffic.pieces_of(band, step)) * cols  # noqa: E731
+        return window(self.plan, fwd, tokens_per_frame=self.split.bands[band].rows * cols, batch=self.batch,
+                      text_tokens=self.text_tokens, key_tokens_per_frame=seen(fwd.step),
+                      cached_tokens_per_frame=seen(max(fwd.step - 1, 0)))
+
     def block_output_frames(self, block: int) -> int:
         """Pixel frames decoded from a block (the very first latent frame gives one frame, others four)."""
         b = self.plan.blocks[block]
         return sum(1 if f == 0 else TIME_STRIDE for f in range(b.start, b.stop))
 
-    def traffic_layout(self) -> TrafficLayout:
+    @cached_property
+    def traffic(self) -> TrafficLayout:
         """The message sizes of this scenario."""
-        return TrafficLayout(plan=self.plan, shape=self.shape, stage_ranks=tuple(range(self.pipeline)),
-                             world_size=self.world_size, batch=self.batch, tokens_per_frame=self.tokens_per_frame,
-                             latent_hw=(self.latent_height, self.latent_width), dtype_bytes=self.dtype_bytes,
-                             texts=self.prompts + (1 if self.cfg else 0), text_tokens=self.text_tokens)
+        return TrafficLayout(plan=self.plan, shape=self.shape, stage_layers=tuple(hi - lo for lo, hi in self.ranges),
+                             split=self.split, batch=self.batch, dtype_bytes=self.dtype_bytes,
+                             texts=self.prompts + (1 if self.cfg else 0), text_tokens=self.text_tokens,
+                             patch_mode=self.patch_mode, pcpp_fraction=self.pcpp_fraction,
+                             warmup_steps=self.warmup_steps)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ class ScheduleCosts:
     block_out_s: list[float]  # rank 0, per block: decode + write when it leaves the queue
     hidden_msg_s: list[float]  # one stage boundary, per forward
     prediction_msg_s: list[float]  # last stage to rank 0, per forward
+    wait_s: float = 0.0  # every wait call costs this much, even on a message that already arrived
 
 
 @dataclass
@@ -45,9 +46,9 @@ class RankTimeline:
         self.spans.append((name, kind, t, t + seconds))
         return t + seconds
 
-    def wait_until(self, t: float, ready: float, name: str) -> float:
-        """Idle from `t` until `ready` (no-op when already there)."""
-        return self.run(t, ready - t, name, "idle") if ready > t else t
+    def wait_until(self, t: float, ready: float, name: str, overhead: float = 0.0) -> float:
+        """Idle from `t` until `ready`, plus the wait call's own `overhead`."""
+        return self.run(t, max(ready, t) - t + overhead, name, "idle") if ready > t or overhead else t
 
 
 @dataclass
@@ -65,27 +66,27 @@ class Replay:
 class _Sends:
     """A rank's outstanding sends: completion times, oldest first (the engine bounds their number)."""
 
-    def __init__(self, timeline: RankTimeline):
-        self.timeline, self.done = timeline, deque()
+    def __init__(self, timeline: RankTimeline, wait_s: float):
+        self.timeline, self.wait_s, self.done = timeline, wait_s, deque()
 
     def post(self, t: float, issue_ready: float, msg_s: float) -> tuple[float, float]:
         """Send at `t` to a receiver posted at `issue_ready`; returns (arrival, time the sender goes on)."""
         arrival = max(t, issue_ready) + msg_s
         self.done.append(arrival)
         while len(self.done) > MAX_SENDS_IN_FLIGHT:
-            t = self.timeline.wait_until(t, self.done.popleft(), "send")
+            t = self.timeline.wait_until(t, self.done.popleft(), "send", self.wait_s)
         return arrival, t
 
     def flush(self, t: float) -> float:
         while self.done:
-            t = self.timeline.wait_until(t, self.done.popleft(), "send")
+            t = self.timeline.wait_until(t, self.done.popleft(), "send", self.wait_s)
         return t
 
 
 def replay(plan: BlockPlan, costs: ScheduleCosts, *, stages: int) -> Replay:
     """Run the static schedule of `plan` over `stages` ranks (one stage each) on the cost clock."""
     ranks = [RankTimeline() for _ in range(stages)]
-    sends = [_Sends(r) for r in ranks]
+    sends = [_Sends(r, costs.wait_s) for r in ranks]
     now = [0.0] * stages
     pred_arrival: dict[int, float] = {}
     pred_posted: dict[int, float] = {}
@@ -106,7 +107,7 @@ def replay(plan: BlockPlan, costs: ScheduleCosts, *, stages: int) -> Replay:
     def drain(t: float, upto: int) -> float:
         while state["applied"] < upto:
             seq = state["applied"] + 1
-            t = ranks[0].wait_until(t, pred_arrival[seq], "wait prediction")
+            t = ranks[0].wait_until(t, pred_arrival[seq], "wait prediction", costs.wait_s)
             t = apply(t, seq)
         return t
 
@@ -127,7 +128,7 @@ def replay(plan: BlockPlan, costs: ScheduleCosts, *, stages: int) -> Replay:
             arrival, t = sends[0].post(t, recv_posted[1], costs.hidden_msg_s[seq])
         now[0] = t
         for s in range(1, stages):
-            t = ranks[s].wait_until(now[s], arrival, "wait hidden")
+            t = ranks[s].wait_until(now[s], arrival, "wait hidden", costs.wait_s)
             recv_posted[s] = t
             t = ranks[s].run(t, costs.layers_s[s][seq], label)
             if s < last:

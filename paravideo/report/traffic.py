@@ -1,7 +1,7 @@
 """Bytes each rank sends, by kind, exactly as the engine counts them (run.json `bytes_by_kind`).
 
 Each kind is one term: a function from the layout to (rank, kind, bytes) messages. A new
-mechanism (patch K/V: exact, stale, halo) adds a term to TERMS and nothing else changes.
+mechanism adds a term to TERMS and nothing else changes. Ranks are `stage x patch + band`.
 """
 
 from __future__ import annotations
@@ -10,41 +10,74 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from paravideo.parallel.patch.bands import Band, BandSplit
 from paravideo.report.shapes import DiTShape
 from paravideo.schedule.plan import BlockPlan
 
 FP32_BYTES = 4
+EXACT_KIND, STALE_KIND, HALO_KIND, LATENT_KIND = "patch_kv_exact", "patch_kv_stale", "patch_kv_halo", "latent_gather"
 
 
 @dataclass(frozen=True)
 class TrafficLayout:
-    """What decides the messages: the plan, the stage ranks, and the sizes of what is sent."""
+    """What decides the messages: the plan, the mesh (stages x bands), and the sizes of what is sent."""
 
     plan: BlockPlan
     shape: DiTShape
-    stage_ranks: tuple[int, ...]  # rank of each pipeline stage, in order
-    world_size: int
+    stage_layers: tuple[int, ...]  # layers per pipeline stage
+    split: BandSplit  # token rows of a frame cut into the patch bands
     batch: int  # 2 with CFG
-    tokens_per_frame: int
-    latent_hw: tuple[int, int]
-    dtype_bytes: int  # hidden states travel in the DiT's compute dtype
+    dtype_bytes: int  # hidden states and K/V travel in the DiT's compute dtype
     texts: int  # text embeddings broadcast: prompts (+1 negative under CFG)
     text_tokens: int
+    patch_mode: str = "exact"
+    pcpp_fraction: float = 0.3
+    warmup_steps: int = 1
 
     @property
-    def driver_rank(self) -> int:
-        return 0
+    def patch(self) -> int:
+        return len(self.split)
 
-    def hidden_bytes(self, seq: int) -> int:
-        """One hidden-state message of forward `seq`: `(batch, window tokens, dim)`."""
+    @property
+    def world_size(self) -> int:
+        return len(self.stage_layers) * self.patch
+
+    def rank(self, stage: int, band: int = 0) -> int:
+        return stage * self.patch + band
+
+    def frames(self, seq: int) -> int:
         lo, hi = self.plan.window(self.plan.forwards[seq])
-        return self.batch * (hi - lo) * self.tokens_per_frame * self.shape.dim * self.dtype_bytes
+        return hi - lo
 
-    def prediction_bytes(self, seq: int) -> int:
-        """One float32 guided prediction of forward `seq` (block frames only, context dropped)."""
-        h, w = self.latent_hw
-        frames = self.plan.blocks[self.plan.forwards[seq].block].frames
-        return self.shape.out_channels * frames * h * w * FP32_BYTES
+    def hidden_bytes(self, seq: int, band: int = 0) -> int:
+        """One band's hidden states of forward `seq`: `(batch, window frames x band tokens, dim)`."""
+        tokens = self.split.bands[band].rows * self.split.token_cols
+        return self.batch * self.frames(seq) * tokens * self.shape.dim * self.dtype_bytes
+
+    def latent_bytes(self, frames: int, band: int = 0) -> int:
+        """float32 latents of `frames` frames over one band's latent rows (a prediction or finished rows)."""
+        rows = self.split.bands[band].rows * self.shape.patch[1]
+        cols = self.split.token_cols * self.shape.patch[2]
+        return self.shape.out_channels * frames * rows * cols * FP32_BYTES
+
+    def prediction_bytes(self, seq: int, band: int = 0) -> int:
+        """One band's guided prediction of forward `seq` (block frames only, context dropped)."""
+        return self.latent_bytes(self.plan.blocks[self.plan.forwards[seq].block].frames, band)
+
+    def kv_bytes(self, seq: int, piece: Band) -> int:
+        """Stacked K and V of `piece`'s rows over forward `seq`'s window."""
+        tokens = self.frames(seq) * piece.rows * self.split.token_cols
+        return 2 * self.batch * tokens * self.shape.dim * self.dtype_bytes
+
+    def exact_at(self, step: int) -> bool:
+        """Whether a block's step gathers fresh K/V of every band synchronously."""
+        return self.patch_mode == "exact" or step < self.warmup_steps
+
+    def pieces_of(self, band: int, step: int) -> tuple[Band, ...]:
+        """The rows band `band` attends to at `step`: all bands, or (PCPP, after warm-up) itself and halos."""
+        if self.patch_mode == "pcpp" and not self.exact_at(step):
+            return self.split.halo_pieces(band, self.pcpp_fraction)
+        return self.split.full_pieces()
 
 
 Message = tuple[int, str, int]  # (sending rank, kind, bytes)
@@ -54,26 +87,57 @@ Term = Callable[[TrafficLayout], Iterable[Message]]
 def text_messages(t: TrafficLayout) -> Iterable[Message]:
     """Rank 0 broadcasts the float32 prompt embeddings; counted once per receiving rank."""
     if t.world_size > 1:
-        yield t.driver_rank, "text", t.texts * t.text_tokens * t.shape.text_dim * FP32_BYTES * (t.world_size - 1)
+        yield 0, "text", t.texts * t.text_tokens * t.shape.text_dim * FP32_BYTES * (t.world_size - 1)
 
 
 def hidden_messages(t: TrafficLayout) -> Iterable[Message]:
-    """Every forward's hidden states `(batch, window tokens, dim)` cross every stage boundary."""
+    """Every forward's hidden states cross every stage boundary, band to same band."""
     for fwd in t.plan.forwards:
-        for rank in t.stage_ranks[:-1]:
-            yield rank, "hidden", t.hidden_bytes(fwd.seq)
+        for stage in range(len(t.stage_layers) - 1):
+            for band in range(t.patch):
+                yield t.rank(stage, band), "hidden", t.hidden_bytes(fwd.seq, band)
 
 
 def prediction_messages(t: TrafficLayout) -> Iterable[Message]:
-    """The last stage returns each guided float32 prediction (block frames only) to rank 0."""
-    last = t.stage_ranks[-1]
-    if last == t.driver_rank:
+    """Each last-stage band returns its guided prediction to the first-stage band owning those rows."""
+    last = len(t.stage_layers) - 1
+    if last == 0:
         return
     for fwd in t.plan.forwards:
-        yield last, "prediction", t.prediction_bytes(fwd.seq)
+        for band in range(t.patch):
+            yield t.rank(last, band), "prediction", t.prediction_bytes(fwd.seq, band)
 
 
-TERMS: tuple[Term, ...] = (text_messages, hidden_messages, prediction_messages)
+def latent_messages(t: TrafficLayout) -> Iterable[Message]:
+    """First-stage bands other than rank 0 send each finished block's rows to rank 0 for decoding."""
+    for block in t.plan.blocks:
+        for band in range(1, t.patch):
+            yield t.rank(0, band), LATENT_KIND, t.latent_bytes(block.frames, band)
+
+
+def patch_kv_messages(t: TrafficLayout) -> Iterable[Message]:
+    """Per layer of every forward, each band sends every peer the rows of its band that peer attends to.
+
+    Exact steps gather fresh K/V; later steps (distrifusion, pcpp) refresh the stale copy for the
+    block's next step, so the last step sends nothing and the last exact step's gather seeds it.
+    """
+    if t.patch == 1:
+        return
+    last_step = t.plan.steps - 1
+    for fwd in t.plan.forwards:
+        exact = t.exact_at(fwd.step)
+        if not exact and fwd.step == last_step:
+            continue
+        kind = EXACT_KIND if exact else (HALO_KIND if t.patch_mode == "pcpp" else STALE_KIND)
+        for peer in range(t.patch):
+            for piece in t.pieces_of(peer, fwd.step):
+                if piece.index == peer:
+                    continue
+                for stage, layers in enumerate(t.stage_layers):
+                    yield t.rank(stage, piece.index), kind, layers * t.kv_bytes(fwd.seq, piece)
+
+
+TERMS: tuple[Term, ...] = (text_messages, hidden_messages, prediction_messages, latent_messages, patch_kv_messages)
 
 
 def traffic_by_rank(layout: TrafficLayout, terms: tuple[Term, ...] = TERMS) -> dict[int, dict[str, int]]:
@@ -84,4 +148,3 @@ def traffic_by_rank(layout: TrafficLayout, terms: tuple[Term, ...] = TERMS) -> d
             if nbytes:
                 out[rank][kind] += nbytes
     return {rank: dict(kinds) for rank, kinds in sorted(out.items())}
-

@@ -1,0 +1,80 @@
+"""Seconds of each piece of work and message of a scenario on a hardware profile (the replay's input)."""
+
+from __future__ import annotations
+
+from paravideo.report.flops import condition_flops, embed_flops, head_flops, layer_flops, text_projection_flops
+from paravideo.report.profiles import HardwareProfile
+from paravideo.report.scenario import DecodeShape, Scenario
+from paravideo.report.shapes import stage_param_bytes
+from paravideo.report.simulate import ScheduleCosts
+
+MEGA = 1e6
+
+
+def forward_dit_flops(s: Scenario) -> list[int]:
+    """FLOPs of each block-forward through the whole DiT (every band: embed, conditioning, layers, head)."""
+    out = []
+    for fwd in s.plan.forwards:
+        total = 0
+        for band in range(s.patch):
+            w = s.window(fwd, band)
+            total += (s.shape.num_layers * sum(layer_flops(s.shape, w).values()) + condition_flops(s.shape, s.batch)
+                      + embed_flops(s.shape, w.query_tokens) + head_flops(s.shape, s.batch, w.query_tokens))
+        out.append(total)
+    return out
+
+
+def _exchange_s(s: Scenario, profile: HardwareProfile, seq: int) -> float:
+    """Per layer: the synchronous K/V gather of an exact step, or completing a stale refresh later on.
+
+    A stale (distrifusion, pcpp) refresh is started a whole iteration before it is completed, so
+    only the wait call is charged; an exact gather moves every peer's rows before attention.
+    """
+    t = s.traffic
+    step = s.plan.forwards[seq].step
+    if not t.exact_at(step):
+        return profile.wait_overhead_s
+    remote = [p for p in t.pieces_of(0, step) if p.index != 0]
+    return profile.wait_overhead_s + sum(profile.message_s(t.kv_bytes(seq, p)) for p in remote)
+
+
+def schedule_costs(s: Scenario, profile: HardwareProfile, decode: DecodeShape, slow: float = 1.0) -> ScheduleCosts:
+    """Seconds of every piece of work and message of band 0 (the largest) of each stage, slowed by `slow`."""
+    rate = profile.dit_flops_per_s / slow
+    call = profile.call_overhead_s * slow
+    layers_s: list[list[float]] = [[] for _ in s.ranges]
+    embed_s, head_s = [], []
+    cond_s = call + condition_flops(s.shape, s.batch) / rate
+    for fwd in s.plan.forwards:
+        w = s.window(fwd)
+        one_layer = profile.layer_overhead_s * slow + sum(layer_flops(s.shape, w).values()) / rate
+        if s.patch > 1:
+            one_layer += _exchange_s(s, profile, fwd.seq)
+        for stage, (lo, hi) in enumerate(s.ranges):
+            layers_s[stage].append(cond_s + (hi - lo) * one_layer)
+        embed_s.append(call + embed_flops(s.shape, w.query_tokens) / rate)
+        head_s.append(call + head_flops(s.shape, s.batch, w.query_tokens) / rate)
+    pixels = s.latent_height * s.latent_width * 64 / MEGA  # megapixels per output frame (VAE 8x8)
+    write_frame_s = profile.write_frame_s + pixels * profile.write_s_per_mpixel
+    t = s.traffic
+    gather = [sum(profile.message_s(t.latent_bytes(b.frames, band)) for band in range(1, s.patch))
+              for b in s.plan.blocks]
+    block_out = [(b.frames * profile.decode_frame_overhead_s + decode.block_flops(s, b.index)
+                  / profile.vae_flops_per_s) * slow + s.block_output_frames(b.index) * write_frame_s + gather[b.index]
+                 for b in s.plan.blocks]
+    block_out[0] += profile.video_open_s
+    seqs = range(len(s.plan.forwards))
+    return ScheduleCosts(layers_s=layers_s, embed_s=embed_s, head_s=head_s,
+                         scheduler_step_s=profile.scheduler_step_s * slow, block_out_s=block_out,
+                         hidden_msg_s=[profile.message_s(t.hidden_bytes(q)) for q in seqs],
+                         prediction_msg_s=[profile.message_s(t.prediction_bytes(q)) for q in seqs],
+                         wait_s=profile.wait_overhead_s)
+
+
+def startup_seconds(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> float:
+    """Fixed start-up plus reading rank 0's share (its stage, the float32 text encoder and VAE)."""
+    lo, hi = s.ranges[0]
+    nbytes = stage_param_bytes(s.shape, hi - lo, s.dtype_bytes) + 4 * ((s.shape.text_encoder_params or 0)
+                                                                       + decode.params)
+    text = text_projection_flops(s.shape, s.prompts + int(s.cfg), s.text_tokens) / profile.dit_flops_per_s
+    return profile.startup_s + nbytes / (profile.load_gbps * 1e9) + text
