@@ -115,7 +115,8 @@ class RecvSource:
                                                what=f"hidden states of forward {seq}")
 
     def hidden(self, fwd: Forward, frames: int) -> torch.Tensor:
-        if self._pending is None:
+        if self._pending is None:  # the first forward (0, or where a resumed run starts)
+            self._next = fwd.seq
             self._post(fwd.seq)
         assert self._next == fwd.seq
         buf = self.p2p.wait(self._pending)
