@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -15,6 +16,7 @@ import torch
 from paravideo.config import TIME_STRIDE, RunConfig
 from paravideo.driver import BlockDriver
 from paravideo.errors import ParavideoError
+from paravideo.io.checkpoint import Checkpointer
 from paravideo.io.sink import PARTIAL_NAME, VideoSink
 from paravideo.io.stream import FrameStream
 from paravideo.io.vae_stream import StreamingDecoder
@@ -186,18 +188,22 @@ class Worker:
 
             stage.hooks.add(FeatureCache.name, FeatureCache())
         with ExitStack() as stack:
-            driver, output = None, None
+            driver, output, start_seq = None, None, 0
             if ctx.is_driver:
                 driver, output = self._driver_side(root, plan, bank, geo, stack, p2p, split)
+                start_seq = self._checkpointer.restore() if cfg.output.resume else 0
+                self._progress.update(start_seq)
             elif stage_index == 0:
                 driver = BlockDriver(plan, noise=self._noise(plan, geo), bank=bank, recorder=self.recorder,
                                      on_block_done=SendBandLatents(p2p, DRIVER_RANK))
+            start_seq = self._share_start(start_seq)
             runner = self._runner(stage, plan, texts, per_block, bank, geo, p2p, driver, stage_index, ranges)
-            runner.run()
+            runner.run(start_seq)
             if p2p is not None:
                 p2p.flush()  # a first-stage band's last finished rows may still be on their way
             if output is not None:
                 output.sink.close(complete=True)
+                self._checkpointer.discard()
                 if output.kept is not None:
                     torch.save(torch.cat(output.kept, dim=2), Path(cfg.output.dir) / "latents.pt")
         stats = self.recorder.stats(layers=[lo, hi], param_bytes=stage.param_bytes(), device=ctx.device)
@@ -236,16 +242,32 @@ class Worker:
         output = FrameStream(StreamingDecoder(vae), sink, self.recorder, keep_latents=cfg.output.save_latents)
         self._output = output
         # The mp4 is finalised on every path; a run that did not finish names it video.incomplete.mp4.
-        stack.callback(lambda: sink.close(complete=False) if sink.path and sink.path.name == PARTIAL_NAME else None)
-        progress = _progress(cfg, len(plan.forwards))
+        keep = cfg.output.checkpoint_every > 0  # a later --resume needs the segments
+        stack.callback(lambda: sink.close(complete=False, keep_segments=keep) if sink.path and
+                       sink.path.name == PARTIAL_NAME else None)
+        progress = self._progress = _progress(cfg, len(plan.forwards))
         stack.callback(progress.close)
         noise = self._noise(plan, geo)
         # With bands, the driver's queue holds band 0's rows; whole frames exist only to be decoded.
         emit = output.emit if self.layout.patch == 1 else GatherBandLatents(
             p2p, self.layout.band_ranks(0), [b.rows * geo.patch_hw[0] for b in split.bands], output.emit)
         driver = BlockDriver(plan, noise=noise, bank=bank, on_block_done=emit,
-                             on_apply=lambda fwd: progress.update(1), recorder=self.recorder)
+                             on_apply=lambda fwd: (progress.update(1), checkpointer.after_apply(fwd)),
+                             recorder=self.recorder)
+        checkpointer = Checkpointer(Path(cfg.output.dir), every=cfg.output.checkpoint_every, plan=plan,
+                                    driver=driver, output=output, config_json=json.dumps(cfg.resolved()))
+        self._checkpointer = checkpointer
         return driver, output
+
+    def _share_start(self, start_seq: int) -> int:
+        """Every rank starts at the driver's first forward (0, or after a resume checkpoint)."""
+        if not self.ctx.distributed:
+            return start_seq
+        import torch.distributed as dist
+
+        value = torch.tensor([start_seq], dtype=torch.int64, device=self.ctx.device)
+        dist.broadcast(value, src=DRIVER_RANK)
+        return int(value.item())
 
     def _runner(self, stage, plan, texts, per_block, bank, geo, p2p, driver, stage_index, ranges) -> StageRunner:
         rank, last = self.ctx.rank, len(ranges) - 1
