@@ -81,7 +81,8 @@ def write_report_md(out_dir: Path, report: dict, plots: dict[str, str]) -> Path:
               "on GPU it is CUDA's max allocated.", "",
               f"## Predicted against measured (profile `{prof['name']}`)", ""] + _versus(report["points"])
     mean = s["wall_abs_error_mean"]
-    lines += ["", f"Wall-time error: mean |error| {_pct(mean)}, max |error| {_pct(s['wall_abs_error_max'])}, "
+    absolute = lambda v: "–" if v is None else f"{v * 100:.0f}%"  # noqa: E731
+    lines += ["", f"Wall-time error: mean |error| {absolute(mean)}, max |error| {absolute(s['wall_abs_error_max'])}, "
               f"{s['wall_within_25pct']} of {s['measured']} points within 25%. Traffic equal to the recorder's "
               f"byte count at every point: {'yes' if s['traffic_exact_all'] else 'NO'}. Profile source: "
               f"{prof['source']}", ""]

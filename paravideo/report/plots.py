@@ -45,15 +45,19 @@ def plot_speedup(rows: list[dict], path: Path) -> None:
     """Speed-up against ranks per (plan, frames), with the ideal line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups: dict[tuple[str, int], list[tuple[int, float]]] = defaultdict(list)
+    groups: dict[tuple[str, int], dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["measured"] is not None and r["measured"].get("speedup") is not None:
-            groups[(r["plan"], r["frames"])].append((r["ranks"], r["measured"]["speedup"]))
+        for side in ("measured", "predicted"):
+            if r["measured"] is not None and r[side].get("speedup") is not None:
+                groups[(r["plan"], r["frames"])][side].append((r["ranks"], r[side]["speedup"]))
     ranks = sorted({r["ranks"] for r in rows}) or [1]
     ax.plot(ranks, ranks, color="black", linestyle=":", label="ideal")
-    for (plan, frames), points in sorted(groups.items()):
-        ax.plot(*zip(*sorted(points)), marker="o", label=f"{plan}, {frames} frames")
-    ax.set(title="Speed-up against 1 rank (measured)", xlabel="ranks", ylabel="speed-up", xticks=ranks)
+    for (plan, frames), sides in sorted(groups.items()):
+        line, = ax.plot(*zip(*sorted(sides["measured"])), marker="o", label=f"{plan}, {frames} frames")
+        if sides["predicted"]:
+            ax.plot(*zip(*sorted(sides["predicted"])), linestyle="--", color=line.get_color(), alpha=0.7)
+    ax.set(title="Speed-up against 1 rank (solid: measured, dashed: predicted)", xlabel="ranks", ylabel="speed-up",
+           xticks=ranks)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -76,9 +80,10 @@ def plot_timeline(trace_path: Path, path: Path, *, title: str) -> None:
                 ax.broken_barh(bars, (lane - 0.4, 0.8), facecolors=colour, label=kind if lane == 0 else None)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set(title=title, xlabel="seconds (rank 0's clock)")
+    ax.set_title(title, loc="left")
+    ax.set_xlabel("seconds (rank 0's clock)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in KIND_COLOURS.values()]
-    ax.legend(handles, list(KIND_COLOURS), loc="upper right", fontsize=8)
+    ax.legend(handles, list(KIND_COLOURS), loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
