@@ -88,3 +88,27 @@ def test_every_point_is_validated_before_anything_runs(tmp_path):
     cfg = point.config
     assert (cfg.blocks.block_frames, cfg.sampling.steps, cfg.parallel.pipeline, cfg.launch.nproc) == (4, 3, 2, 2)
     assert cfg.launch.launcher == "local" and cfg.output.trace and cfg.video.num_frames == 33
+
+
+def _report_peak(queue) -> None:
+    import torch
+
+    from paravideo.report.recorder import peak_memory
+
+    queue.put(peak_memory(torch.device("cpu"))[0])
+
+
+def test_a_spawned_rank_reports_its_own_peak_memory():
+    import multiprocessing as mp
+
+    import torch
+
+    # ru_maxrss survives exec on Linux: a rank spawned by a big parent would report the parent's peak.
+    ballast = torch.ones(200_000_000)  # 800 MB touched in this process
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_report_peak, args=(queue,))
+    proc.start()
+    child_peak = queue.get(timeout=120)
+    proc.join()
+    assert child_peak < ballast.numel() * ballast.element_size()

@@ -43,10 +43,29 @@ class RankStats:
         return asdict(self)
 
 
+def _vm_hwm() -> int | None:
+    """This address space's RSS high-water mark (Linux), in bytes."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def peak_memory(device: torch.device) -> tuple[int, str]:
-    """CUDA max allocated on GPU; the process's RSS high-water mark on CPU."""
+    """CUDA max allocated on GPU; the process's RSS high-water mark on CPU.
+
+    ru_maxrss survives exec on Linux, so a spawned rank would report its launcher's peak when that
+    was larger; VmHWM belongs to the rank's own address space.
+    """
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    hwm = _vm_hwm()
+    if hwm is not None:
+        return hwm, "rss_high_water"
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "rss_high_water"
 
 
