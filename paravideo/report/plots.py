@@ -10,8 +10,12 @@ KIND_COLOURS = {"busy": "#3b7dd8", "idle": "#d9d9d9", "io": "#e8912d"}
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from paravideo.errors import ParavideoError
 
+        raise ParavideoError("the bench report's plots need matplotlib: pip install 'paravideo[report]'") from None
     matplotlib.use("Agg")  # files only; never open a window
     import matplotlib.pyplot as plt
 
