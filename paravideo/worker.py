@@ -101,9 +101,13 @@ def _encode_texts(config: RunConfig, root: Path, ctx: DistContext, prompts: list
     all_prompts = prompts + ([config.video.negative_prompt] if use_cfg else [])
     shape = (len(all_prompts), config.model.text_max_length, text_dim)
     if ctx.is_driver:
-        tokenizer, encoder = load_text_encoder(root, dtype=torch.float32, device=ctx.device)
+        # On GPU the encoder runs in the model's dtype (UMT5-XXL is 21 GiB in float32); CPU keeps float32.
+        dtype = DTYPES[config.model.dtype] if ctx.device.type == "cuda" else torch.float32
+        tokenizer, encoder = load_text_encoder(root, dtype=dtype, device=ctx.device)
         embeds = TextEncoder(tokenizer, encoder, max_length=config.model.text_max_length).encode(all_prompts)
         del encoder
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()  # give the encoder's memory back before the stage's activations need it
     else:
         embeds = torch.zeros(shape)
     if ctx.distributed:

@@ -53,7 +53,7 @@ def measure_run(threads: int) -> dict:
 
 
 # Neutral values for the fields being measured (replaced before anything is written).
-PLACEHOLDER = dict(name="cpu-local", description="", source="", dit_peak_tflops=0.01, dit_efficiency=1.0,
+PLACEHOLDER = dict(name="cpu-local", device="cpu", description="", source="", dit_peak_tflops=0.01, dit_efficiency=1.0,
                    vae_peak_tflops=0.01, vae_efficiency=1.0, layer_overhead_s=0.0, call_overhead_s=0.0,
                    scheduler_step_s=0.0, decode_frame_overhead_s=0.0, video_open_s=0.0, write_frame_s=0.0,
                    write_s_per_mpixel=0.0, link_gbps=1.0, link_latency_s=0.0, memory_gib=1.0, runtime_base_gib=0.0,

@@ -26,7 +26,7 @@ class MemoryBreakdown:
     stale_buffers: int  # patch parallelism's one-step-stale K/V of other bands (none without it)
     comm_buffers: int
     driver: int  # rank 0: latent queue with scheduler state, and the VAE
-    text_encoder: int  # rank 0: held (float32) only while the prompts are encoded, before the loop
+    text_encoder: int  # rank 0: held only while the prompts are encoded, before the loop
 
     @property
     def peak(self) -> int:
@@ -96,6 +96,11 @@ def _driver(s: Scenario, decode: DecodeShape, band: int) -> int:
     return int(s.plan.max_queue * LATENT_COPIES * latent) + (decode.params * FP32 if band == 0 else 0)
 
 
+def _text_bytes(s: Scenario, profile: HardwareProfile) -> int:
+    """Bytes per text-encoder parameter: the worker loads it in float32 on CPU, in the model dtype on GPU."""
+    return FP32 if profile.device == "cpu" else s.dtype_bytes
+
+
 def memory_by_rank(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> list[MemoryBreakdown]:
     """The breakdown for every rank (rank = stage x patch + band)."""
     activations = {band: _activations(s, profile, band) for band in range(s.patch)}
@@ -108,5 +113,5 @@ def memory_by_rank(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -
             activations=activations[band], feature_cache=_feature_cache(s, hi - lo),
             stale_buffers=_stale_buffers(s, hi - lo, band), comm_buffers=_comm_buffers(s, stage),
             driver=_driver(s, decode, band) if stage == 0 else 0,
-            text_encoder=(s.shape.text_encoder_params or 0) * FP32 if rank == 0 else 0))
+            text_encoder=(s.shape.text_encoder_params or 0) * _text_bytes(s, profile) if rank == 0 else 0))
     return out

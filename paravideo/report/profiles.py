@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,6 +20,8 @@ class HardwareProfile(BaseModel):
 
     name: str = Field(description="profile name (the file's stem)")
     description: str = Field(description="the hardware in words")
+    device: Literal["cuda", "cpu"] = Field("cuda", description="where paravideo runs on it (the text encoder runs "
+                                           "in float32 on cpu, in the model dtype on cuda)")
     source: str = Field(description="where the numbers come from: datasheet + assumption, or a calibration run")
     dit_peak_tflops: float = Field(gt=0, description="peak dense TFLOP/s at the DiT's compute dtype")
     dit_efficiency: float = Field(gt=0, le=1, description="fraction of that peak the DiT's matmuls/attention reach")
