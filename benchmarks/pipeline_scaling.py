@@ -18,7 +18,7 @@ def _config(ranks: int, args) -> dict:
                       "height": args.size, "width": args.size},
             "sampling": {"steps": args.steps, "scheduler": "unipc", "seed": 1},
             "blocks": {"block_frames": args.block_frames, "context_frames": 1},
-            "parallel": {"pipeline": ranks},
+            "parallel": {"pipeline": ranks, "stage_layers": args.stage_layers if ranks == 2 else None},
             "launch": {"launcher": "local", "nproc": ranks, "threads_per_rank": 1}}
 
 
@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--block-frames", type=int, default=4)
+    parser.add_argument("--stage-layers", type=int, nargs=2, default=None,
+                        help="layers of the 2 stages (default: the engine's balanced split)")
     args = parser.parse_args()
     rows, ratios = [], []
     for rep in range(args.repeats):

@@ -202,12 +202,14 @@ class Worker:
                                      on_block_done=SendBandLatents(p2p, DRIVER_RANK))
             start_seq = self._share_start(start_seq)
             runner = self._runner(stage, plan, texts, per_block, bank, geo, p2p, driver, stage_index, ranges)
+            loop_start = time.perf_counter()
             runner.run(start_seq)
             if p2p is not None:
                 p2p.flush()  # a first-stage band's last finished rows may still be on their way
             if output is not None:
                 output.sink.close(complete=True)
                 self._checkpointer.discard()
+            self._denoise_s = time.perf_counter() - loop_start
                 if output.kept is not None:
                     torch.save(torch.cat(output.kept, dim=2), Path(cfg.output.dir) / "latents.pt")
         stats = self.recorder.stats(layers=[lo, hi], param_bytes=stage.param_bytes(), device=ctx.device)
@@ -310,7 +312,8 @@ class Worker:
         report = RunReport(
             complete=complete, frames=output.sink.frames_written if output else 0,
             latent_frames=plan.latent_frames, steps=plan.steps, blocks=len(plan.blocks),
-            wall_s=time.perf_counter() - start, time_to_first_frame_s=first, world_size=self.ctx.world_size,
+            wall_s=time.perf_counter() - start, denoise_s=getattr(self, "_denoise_s", None),
+            time_to_first_frame_s=first, world_size=self.ctx.world_size,
             video=str(output.sink.path) if output and output.sink.path else None, config=cfg.resolved(),
             parallel={"pipeline": self.layout.pipeline, "patch": self.layout.patch,
                       "stage_layers": [list(r) for r in ranges], **self._patch_report()},

@@ -21,6 +21,7 @@ class RunReport:
     steps: int
     blocks: int
     wall_s: float
+    denoise_s: float | None  # the denoise loop with streaming output, without loading (rank 0)
     time_to_first_frame_s: float | None
     world_size: int
     video: str | None
