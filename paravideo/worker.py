@@ -209,9 +209,9 @@ class Worker:
             if output is not None:
                 output.sink.close(complete=True)
                 self._checkpointer.discard()
-            self._denoise_s = time.perf_counter() - loop_start
                 if output.kept is not None:
                     torch.save(torch.cat(output.kept, dim=2), Path(cfg.output.dir) / "latents.pt")
+            self._denoise_s = time.perf_counter() - loop_start
         stats = self.recorder.stats(layers=[lo, hi], param_bytes=stage.param_bytes(), device=ctx.device)
         mine = (stats.to_json(), rank_trace(self.recorder, layers=(lo, hi), barrier=self._barrier))
         rows = [mine]
