@@ -173,6 +173,8 @@ class OutputConfig(_Section):
     overwrite: bool = Field(False, description="allow writing into a folder holding an earlier run")
     frames_png: bool = Field(False, description="also write every frame as PNG under frames/")
     progress: bool = Field(True, description="show a progress bar")
+    background_decode: bool = Field(True, description="decode and write finished blocks on a helper thread, "
+                                    "overlapping the denoising (same frames either way)")
     save_latents: bool = Field(False, description="also save the clean latents as latents.pt (debugging; "
                                "memory grows with length)")
     checkpoint_every: int = Field(0, ge=0, description="write a resume checkpoint every K iterations (0 = never)")

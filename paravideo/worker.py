@@ -207,6 +207,8 @@ class Worker:
             if p2p is not None:
                 p2p.flush()  # a first-stage band's last finished rows may still be on their way
             if output is not None:
+                output.flush()
+                output.close()
                 output.sink.close(complete=True)
                 self._checkpointer.discard()
                 if output.kept is not None:
@@ -245,12 +247,14 @@ class Worker:
         vae = load_vae(root, device=self.ctx.device)
         sink = VideoSink(Path(cfg.output.dir), width=cfg.video.width, height=cfg.video.height,
                          fps=cfg.video.fps, frames_png=cfg.output.frames_png)
-        output = FrameStream(StreamingDecoder(vae), sink, self.recorder, keep_latents=cfg.output.save_latents)
+        output = FrameStream(StreamingDecoder(vae), sink, self.recorder, keep_latents=cfg.output.save_latents,
+                             background=cfg.output.background_decode)
         self._output = output
         # The mp4 is finalised on every path; a run that did not finish names it video.incomplete.mp4.
         keep = cfg.output.checkpoint_every > 0  # a later --resume needs the segments
         stack.callback(lambda: sink.close(complete=False, keep_segments=keep) if sink.path and
                        sink.path.name == PARTIAL_NAME else None)
+        stack.callback(output.close)  # runs first (last in, first out): the decode thread ends before the sink
         progress = self._progress = _progress(cfg, len(plan.forwards))
         stack.callback(progress.close)
         noise = self._noise(plan, geo)

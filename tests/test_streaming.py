@@ -33,9 +33,10 @@ def test_streaming_decoder_equals_one_shot(tiny_root):
     assert torch.equal(streamed, _one_shot_frames(vae, latents))
 
 
-def test_streamed_frames_equal_one_shot_decode_of_the_run(make_config, tiny_root):
+@pytest.mark.parametrize("background", [True, False])
+def test_streamed_frames_equal_one_shot_decode_of_the_run(make_config, tiny_root, background):
     config = make_config(video={"num_frames": 29}, blocks=BLOCKS,
-                         output={"save_latents": True, "frames_png": True})
+                         output={"save_latents": True, "frames_png": True, "background_decode": background})
     report = generate(config)
     latents = torch.load(f"{config.output.dir}/latents.pt", weights_only=True)
     expected = _one_shot_frames(load_vae(tiny_root, device=torch.device("cpu")), latents).numpy()

@@ -90,6 +90,7 @@ class Checkpointer:
         if not self.every or iteration is None or (iteration + 1) % self.every or \
                 iteration == self.plan.iterations - 1:
             return
+        self.output.flush()  # every finished block decoded and written before the cut
         self.output.sink.cut()
         save_checkpoint(self.out_dir, {"config_json": self.config_json, "iteration": iteration,
                                        "driver": self.driver.state(iteration), "output": self.output.state()})
