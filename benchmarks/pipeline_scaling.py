@@ -53,7 +53,7 @@ def main() -> None:
               f"same video: {same}", flush=True)
     print()
     print(table(["repeat", "plan", "rank", "layers", "denoise s", "wall s", "idle", "MiB sent"], rows))
-    print(f"\nspeed-up 2 ranks vs 1 rank: " + ", ".join(f"{r:.2f}x" for r in ratios)
+    print("\nspeed-up 2 ranks vs 1 rank: " + ", ".join(f"{r:.2f}x" for r in ratios)
           + f" (best {max(ratios):.2f}x; target >= 1.8x, limit 2.0x)")
 
 

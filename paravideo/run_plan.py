@@ -10,7 +10,8 @@ def describe_run(config: RunConfig, tconfig: dict) -> dict:
     from paravideo.parallel.layout import ParallelLayout
     from paravideo.parallel.partition import stage_ranges
     from paravideo.report.shapes import DiTShape, stage_param_bytes, total_params
-    from paravideo.worker import DTYPES, build_plan
+    from paravideo.models.wan.loading import DTYPES
+    from paravideo.worker import build_plan
 
     layout = ParallelLayout(pipeline=config.parallel.pipeline, patch=config.parallel.patch)
     ranges = stage_ranges(tconfig["num_layers"], layout.pipeline, config.parallel.stage_layers)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from paravideo.config import TIME_STRIDE, RunConfig
+from paravideo.config import RunConfig
 from paravideo.driver import BlockDriver
 from paravideo.errors import ParavideoError
 from paravideo.io.checkpoint import Checkpointer
@@ -21,9 +21,8 @@ from paravideo.io.sink import PARTIAL_NAME, VideoSink
 from paravideo.io.stream import FrameStream
 from paravideo.io.vae_stream import StreamingDecoder
 from paravideo.models.builtin import resolve_model_path
-from paravideo.models.text import TextEncoder
 from paravideo.models.wan.adapter import WanStage
-from paravideo.models.wan.loading import (check_model_folder, load_text_encoder, load_transformer_stage,
+from paravideo.models.wan.loading import (DTYPES, check_model_folder, load_transformer_stage,
                                           load_vae, read_scheduler_config)
 from paravideo.parallel.comm import P2P
 from paravideo.parallel.layout import DistContext, ParallelLayout
@@ -33,6 +32,7 @@ from paravideo.parallel.patch.latents import BandNoise, GatherBandLatents, SendB
 from paravideo.parallel.partition import stage_ranges
 from paravideo.parallel.stage_runner import (DRIVER_RANK, Geometry, HeadSink, LatentSource, PredictionInbox,
                                              RecvSource, SendHiddenSink, StageRunner)
+from paravideo.prompts import block_prompts, encode_texts, projected_texts
 from paravideo.report.recorder import Recorder
 from paravideo.report.run_report import RunReport, write_run_report
 from paravideo.report.trace import rank_trace, write_trace
@@ -41,7 +41,6 @@ from paravideo.schedule.plan import BlockPlan, make_plan
 from paravideo.schedule.sampler import SchedulerBank, make_scheduler
 
 FAULT_ENV = "PARAVIDEO_FAULT"  # "RANK:FORWARD": that rank raises before that forward (failure tests)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Terminated(BaseException):
@@ -68,66 +67,11 @@ class FaultSpec:
         return cls(int(rank), int(forward))
 
 
-def output_frame_of_latent(latent: int) -> int:
-    """First output frame decoded from latent frame `latent` (frame 0 alone, then 4 per latent)."""
-    return 0 if latent == 0 else TIME_STRIDE * (latent - 1) + 1
-
-
-def block_prompts(config: RunConfig, plan: BlockPlan) -> tuple[list[str], list[int]]:
-    """Distinct prompt texts and, per block, the index of the prompt active at its first frame."""
-    spans = config.video.prompt_spans()
-    texts: list[str] = []
-    per_block: list[int] = []
-    for block in plan.blocks:
-        first = output_frame_of_latent(block.start)
-        active = [s.text for s in spans if s.from_frame <= first][-1]
-        if active not in texts:
-            texts.append(active)
-        per_block.append(texts.index(active))
-    return texts, per_block
-
-
 def build_plan(config: RunConfig) -> BlockPlan:
     """The block plan the config asks for."""
     b = config.blocks
     return make_plan(config.video.latent_frames, b.block_frames, config.sampling.steps, b.context_frames,
                      b.feature_cache)
-
-
-def _encode_texts(config: RunConfig, root: Path, ctx: DistContext, prompts: list[str], text_dim: int,
-                  recorder: Recorder) -> torch.Tensor:
-    """Rank 0 encodes the prompts (+ negative prompt) once; every rank receives the embeddings."""
-    use_cfg = config.sampling.guidance_scale > 1.0
-    all_prompts = prompts + ([config.video.negative_prompt] if use_cfg else [])
-    shape = (len(all_prompts), config.model.text_max_length, text_dim)
-    if ctx.is_driver:
-        # On GPU the encoder runs in the model's dtype (UMT5-XXL is 21 GiB in float32); CPU keeps float32.
-        dtype = DTYPES[config.model.dtype] if ctx.device.type == "cuda" else torch.float32
-        tokenizer, encoder = load_text_encoder(root, dtype=dtype, device=ctx.device)
-        embeds = TextEncoder(tokenizer, encoder, max_length=config.model.text_max_length).encode(all_prompts)
-        del encoder
-        if ctx.device.type == "cuda":
-            torch.cuda.empty_cache()  # give the encoder's memory back before the stage's activations need it
-    else:
-        embeds = torch.zeros(shape)
-    if ctx.distributed:
-        import torch.distributed as dist
-
-        wire = embeds.to(ctx.device)
-        dist.broadcast(wire, src=DRIVER_RANK)
-        embeds = wire.cpu()
-        if ctx.is_driver:
-            recorder.add_bytes("text", wire.numel() * wire.element_size() * (ctx.world_size - 1))
-    return embeds
-
-
-def _projected_texts(stage: WanStage, embeds: torch.Tensor, num_prompts: int, use_cfg: bool) -> dict:
-    """Per prompt: projected text, batched with the negative prompt's under CFG."""
-    projected = stage.project_text(embeds)
-    out = {}
-    for i in range(num_prompts):
-        out[i] = torch.cat([projected[i:i + 1], projected[-1:]]) if use_cfg else projected[i:i + 1]
-    return out
 
 
 class Worker:
@@ -172,8 +116,8 @@ class Worker:
         plan = build_plan(cfg)
         prompts, per_block = block_prompts(cfg, plan)
         use_cfg = cfg.sampling.guidance_scale > 1.0
-        embeds = _encode_texts(cfg, root, ctx, prompts, tconfig["text_dim"], self.recorder)
-        texts = _projected_texts(stage, embeds, len(prompts), use_cfg)
+        embeds = encode_texts(cfg, root, ctx, prompts, tconfig["text_dim"], self.recorder)
+        texts = projected_texts(stage, embeds, len(prompts), use_cfg)
         bank = SchedulerBank(make_scheduler(cfg.sampling.scheduler, read_scheduler_config(root),
                                             flow_shift=cfg.sampling.flow_shift), cfg.sampling.steps)
         latent_h, latent_w = cfg.video.height // 8, cfg.video.width // 8

@@ -65,7 +65,8 @@ def test_odd_length_and_report_fields(make_config):
 
 def test_prompt_schedule_encodes_each_prompt_once(make_config, monkeypatch):
     from paravideo.models.text import TextEncoder
-    from paravideo.worker import block_prompts, build_plan
+    from paravideo.prompts import block_prompts
+    from paravideo.worker import build_plan
 
     calls = []
     real = TextEncoder.encode

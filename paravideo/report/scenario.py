@@ -43,7 +43,8 @@ class Scenario:
     def from_config(cls, config, shape: DiTShape | None = None) -> Scenario:
         """The scenario of a RunConfig (`shape` defaults to the model folder's configs)."""
         from paravideo.report.shapes import shape_for_model_path
-        from paravideo.worker import block_prompts, build_plan
+        from paravideo.prompts import block_prompts
+        from paravideo.worker import build_plan
 
         prompts, _ = block_prompts(config, build_plan(config))
         return cls(shape=shape or shape_for_model_path(config.model.path),

@@ -13,6 +13,8 @@ from paravideo.errors import ModelLoadError
 REQUIRED_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 _WEIGHTS = "diffusion_pytorch_model.safetensors"
 _INDEX = "diffusion_pytorch_model.safetensors.index.json"
+# Config dtype names (model.dtype) to torch dtypes.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LAYER_KEY = re.compile(r"^blocks\.(\d+)\.(.*)$")
 
 
