@@ -5,18 +5,17 @@ from __future__ import annotations
 from paravideo.config import RunConfig
 from paravideo.errors import ConfigError
 from paravideo.launch import launch, under_torchrun
-from paravideo.models.builtin import BUILTIN_PREFIX
+from paravideo.models.builtin import resolve_model_path
 from paravideo.output_dir import prepare_output_dir
 from paravideo.report.run_report import RunReport
 
 
 def preflight(config: RunConfig, *, world_size: int | None = None) -> dict:
-    """Checks that need no worker: model folder, degrees against world size and layers. Returns the
-    transformer config (None for a built-in model not yet built)."""
+    """Checks that need no worker: model folder, degrees against world size and layers; returns the
+    transformer config (a built-in model is built here once, so workers find it ready)."""
     from paravideo.models.wan.loading import check_model_folder
     from paravideo.parallel.layout import ParallelLayout
     from paravideo.parallel.partition import stage_ranges
-    from pathlib import Path
 
     layout = ParallelLayout(pipeline=config.parallel.pipeline, patch=config.parallel.patch)
     if world_size is None:
@@ -24,14 +23,8 @@ def preflight(config: RunConfig, *, world_size: int | None = None) -> dict:
             config.launch.launcher, layout.world_size)
     _check_launch_target(config, layout.world_size)
     layout.check_world(world_size)
-    if config.model.path.startswith(BUILTIN_PREFIX):
-        from paravideo.models.builtin import ensure_builtin
-
-        root = ensure_builtin(config.model.path.removeprefix(BUILTIN_PREFIX))
-    else:
-        root = Path(config.model.path).expanduser()
     try:
-        tconfig = check_model_folder(root)
+        tconfig = check_model_folder(resolve_model_path(config.model.path))
     except Exception as err:
         raise ConfigError(str(err)) from None
     stage_ranges(tconfig["num_layers"], layout.pipeline, config.parallel.stage_layers)

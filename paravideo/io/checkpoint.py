@@ -78,10 +78,9 @@ class Checkpointer:
     def __init__(self, out_dir: Path, *, every: int, plan, driver, output, config_json: str):
         self.out_dir, self.every, self.plan = Path(out_dir), every, plan
         self.driver, self.output, self.config_json = driver, output, config_json
-        self._iteration_end = {}
-        for fwd in plan.forwards:
-            self._iteration_end[fwd.iteration] = fwd.seq
-        self._end_to_iteration = {seq: it for it, seq in self._iteration_end.items()}
+        # Forwards come in iteration order, so the last one seen of an iteration closes it.
+        last_of = {fwd.iteration: fwd.seq for fwd in plan.forwards}
+        self._end_to_iteration = {seq: it for it, seq in last_of.items()}
         self.written = 0
 
     def after_apply(self, fwd) -> None:
