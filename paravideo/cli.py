@@ -62,8 +62,8 @@ def _cmd_validate(args) -> int:
     from paravideo.run_plan import describe_run
 
     config = load_config(args.config, args.overrides)
-    tconfig = preflight(config, world_size=args.world_size)
-    print(json.dumps({"config": config.resolved(), "plan": describe_run(config, tconfig)}, indent=2))
+    factors = preflight(config, world_size=args.world_size)
+    print(json.dumps({"config": config.resolved(), "plan": describe_run(config, factors)}, indent=2))
     return 0
 
 

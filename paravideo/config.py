@@ -11,17 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from paravideo.errors import ConfigError
 
-# Wan's VAE compresses time 4x; the DiT patchifies 2x2 after the VAE's 8x, so sizes step by 16.
-TIME_STRIDE = 4
-SPATIAL_MULTIPLE = 16
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
 class ModelConfig(_Section):
-    path: str = Field("builtin:tiny", description="diffusers-format Wan T2V folder, or builtin:tiny / builtin:small")
+    path: str = Field("builtin:tiny", description="diffusers-format Wan text-to-video folder (Wan2.1-T2V, "
+                      "Wan2.2-T2V-A14B, Wan2.2-TI2V-5B), or builtin:tiny / small / tiny-a14b / tiny-ti2v")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="DiT compute dtype")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
     text_max_length: int = Field(512, ge=1, description="prompt tokens (Wan was trained with 512)")
@@ -46,28 +43,12 @@ class VideoConfig(_Section):
     prompt: str | None = Field(None, description="the prompt for the whole video")
     prompts: list[PromptSpan] | None = Field(None, description="a prompt schedule (alternative to prompt)")
     negative_prompt: str = Field("", description="classifier-free guidance's negative prompt")
-    num_frames: int = Field(17, ge=1, description="output frames, 4k+1")
-    height: int = Field(64, ge=16, description="pixels, a multiple of 16")
-    width: int = Field(64, ge=16, description="pixels, a multiple of 16")
+    num_frames: int = Field(17, ge=1, description="output frames, Tk+1 for the model's VAE time stride T "
+                            "(Wan: 4k+1; checked against the model folder)")
+    height: int = Field(64, ge=16, description="pixels, a multiple of VAE stride x patch (Wan2.1: 16, "
+                        "Wan2.2-TI2V-5B: 32; checked against the model folder)")
+    width: int = Field(64, ge=16, description="pixels, a multiple of VAE stride x patch, like height")
     fps: int = Field(16, ge=1, le=240, description="frames per second of the mp4")
-
-    @field_validator("num_frames")
-    @classmethod
-    def _frames_4k1(cls, value: int) -> int:
-        if (value - 1) % TIME_STRIDE:
-            lower = (value - 1) // TIME_STRIDE * TIME_STRIDE + 1
-            raise ValueError(f"must be of the form 4k+1 (Wan's VAE compresses time 4x); "
-                             f"nearest valid values: {lower} or {lower + TIME_STRIDE}")
-        return value
-
-    @field_validator("height", "width")
-    @classmethod
-    def _multiple_of_16(cls, value: int) -> int:
-        if value % SPATIAL_MULTIPLE:
-            lower = value // SPATIAL_MULTIPLE * SPATIAL_MULTIPLE
-            raise ValueError(f"must be a multiple of {SPATIAL_MULTIPLE} (VAE 8x, patch 2x2); "
-                             f"nearest valid values: {lower or SPATIAL_MULTIPLE} or {lower + SPATIAL_MULTIPLE}")
-        return value
 
     @model_validator(mode="after")
     def _one_prompt_source(self) -> VideoConfig:
@@ -84,11 +65,6 @@ class VideoConfig(_Section):
                                  f"(video.num_frames = {self.num_frames})")
         return self
 
-    @property
-    def latent_frames(self) -> int:
-        """Latent frames after the VAE's 4x causal time compression."""
-        return (self.num_frames - 1) // TIME_STRIDE + 1
-
     def prompt_spans(self) -> list[PromptSpan]:
         """The prompt schedule, a single span when only `prompt` is set."""
         return self.prompts if self.prompts is not None else [PromptSpan(from_frame=0, text=self.prompt)]
@@ -97,6 +73,8 @@ class VideoConfig(_Section):
 class SamplingConfig(_Section):
     steps: int = Field(20, ge=1, le=1000, description="denoising steps")
     guidance_scale: float = Field(5.0, ge=0.0, description="classifier-free guidance; <= 1 disables it")
+    guidance_scale_2: float | None = Field(None, ge=0.0, description="two-expert models (Wan2.2-T2V-A14B): "
+                                           "guidance of the low-noise expert; default: guidance_scale")
     scheduler: Literal["default", "unipc", "flow_euler", "dpm"] = Field(
         "default", description="default = the checkpoint's scheduler config")
     flow_shift: float | None = Field(None, gt=0.0, description="override the scheduler's flow shift")
@@ -194,13 +172,11 @@ class RunConfig(_Section):
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    # Checks that need the model's factors (frame and size multiples, latent frames, token rows, experts)
+    # run at preflight: paravideo.model_checks.check_against_model.
     @model_validator(mode="after")
     def _blocks_fit(self) -> RunConfig:
-        latent = self.video.latent_frames
         block, ctx = self.blocks.block_frames, self.blocks.context_frames
-        if block > latent:
-            raise ValueError(f"blocks.block_frames = {block} is larger than the video's {latent} latent frames "
-                             f"(video.num_frames = {self.video.num_frames}); use at most {latent}, or 0 for one block")
         if ctx and not block:
             raise ValueError("blocks.context_frames needs blocks.block_frames > 0 (one block has no neighbours)")
         if ctx > block:
@@ -210,11 +186,6 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _bands_fit(self) -> RunConfig:
         par = self.parallel
-        token_rows = self.video.height // SPATIAL_MULTIPLE
-        if par.patch > token_rows:
-            raise ValueError(f"parallel.patch = {par.patch} bands, but video.height = {self.video.height} gives "
-                             f"{token_rows} token rows (height / {SPATIAL_MULTIPLE}); use at most {token_rows} "
-                             "bands, or a taller video")
         if par.patch > 1 and par.patch_mode != "exact" and par.warmup_steps > self.sampling.steps:
             raise ValueError(f"parallel.warmup_steps = {par.warmup_steps} exceeds sampling.steps = "
                              f"{self.sampling.steps}; use at most {self.sampling.steps} (equal to steps makes "
@@ -223,6 +194,14 @@ class RunConfig(_Section):
             # Checkpoints hold rank 0's queue; with bands the other first-stage ranks own rows of it.
             raise ValueError("output.checkpoint_every is not supported with parallel.patch > 1 yet; set "
                              "output.checkpoint_every: 0 or parallel.patch: 1")
+        return self
+
+    @model_validator(mode="after")
+    def _guidance_2_used(self) -> RunConfig:
+        if self.sampling.guidance_scale_2 is not None and self.sampling.guidance_scale <= 1.0:
+            raise ValueError(f"sampling.guidance_scale_2 = {self.sampling.guidance_scale_2} has no effect: "
+                             f"sampling.guidance_scale = {self.sampling.guidance_scale} turns guidance off for both "
+                             "experts (as in WanPipeline); set guidance_scale > 1 or drop guidance_scale_2")
         return self
 
     def resolved(self) -> dict[str, Any]:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from paravideo.config import RunConfig
-from paravideo.errors import ConfigError
+from paravideo.errors import ConfigError, ModelLoadError
 from paravideo.launch import launch, under_torchrun
 from paravideo.models.builtin import resolve_model_path
+from paravideo.models.factors import ModelFactors
 from paravideo.output_dir import prepare_output_dir
 from paravideo.report.run_report import RunReport
 
 
-def preflight(config: RunConfig, *, world_size: int | None = None) -> dict:
-    """Checks that need no worker: model folder, degrees against world size and layers; returns the
-    transformer config (a built-in model is built here once, so workers find it ready)."""
-    from paravideo.models.wan.loading import check_model_folder
+def preflight(config: RunConfig, *, world_size: int | None = None) -> ModelFactors:
+    """Checks that need no worker: model folder, sizes against the model's factors, degrees against world
+    size and layers; returns the factors (a built-in model is built here once, so workers find it ready)."""
+    from paravideo.model_checks import check_against_model
+    from paravideo.models.family import inspect_model
     from paravideo.parallel.layout import ParallelLayout
     from paravideo.parallel.partition import stage_ranges
 
@@ -24,11 +26,12 @@ def preflight(config: RunConfig, *, world_size: int | None = None) -> dict:
     _check_launch_target(config, layout.world_size)
     layout.check_world(world_size)
     try:
-        tconfig = check_model_folder(resolve_model_path(config.model.path))
-    except Exception as err:
+        _, factors = inspect_model(resolve_model_path(config.model.path))
+    except ModelLoadError as err:
         raise ConfigError(str(err)) from None
-    stage_ranges(tconfig["num_layers"], layout.pipeline, config.parallel.stage_layers)
-    return tconfig
+    check_against_model(config, factors)
+    stage_ranges(factors.num_layers, layout.pipeline, config.parallel.stage_layers)
+    return factors
 
 
 def _check_launch_target(config: RunConfig, ranks: int) -> None:

@@ -6,27 +6,23 @@ from pathlib import Path
 
 import torch
 
-from paravideo.config import TIME_STRIDE, RunConfig
+from paravideo.config import RunConfig
+from paravideo.models.family import ModelFamily
 from paravideo.models.text import TextEncoder
-from paravideo.models.wan.adapter import WanStage
-from paravideo.models.wan.loading import DTYPES, load_text_encoder
+from paravideo.models.wan.loading import DTYPES
 from paravideo.parallel.layout import DistContext
 from paravideo.parallel.stage_runner import DRIVER_RANK
 from paravideo.report.recorder import Recorder
 from paravideo.schedule.plan import BlockPlan
 
-def output_frame_of_latent(latent: int) -> int:
-    """First output frame decoded from latent frame `latent` (frame 0 alone, then 4 per latent)."""
-    return 0 if latent == 0 else TIME_STRIDE * (latent - 1) + 1
-
-
-def block_prompts(config: RunConfig, plan: BlockPlan) -> tuple[list[str], list[int]]:
-    """Distinct prompt texts and, per block, the index of the prompt active at its first frame."""
+def block_prompts(config: RunConfig, plan: BlockPlan, time_stride: int) -> tuple[list[str], list[int]]:
+    """Distinct prompt texts and, per block, the index of the prompt active at its first output frame
+    (frame 0 alone, then `time_stride` output frames per latent frame)."""
     spans = config.video.prompt_spans()
     texts: list[str] = []
     per_block: list[int] = []
     for block in plan.blocks:
-        first = output_frame_of_latent(block.start)
+        first = 0 if block.start == 0 else time_stride * (block.start - 1) + 1
         active = [s.text for s in spans if s.from_frame <= first][-1]
         if active not in texts:
             texts.append(active)
@@ -34,8 +30,8 @@ def block_prompts(config: RunConfig, plan: BlockPlan) -> tuple[list[str], list[i
     return texts, per_block
 
 
-def encode_texts(config: RunConfig, root: Path, ctx: DistContext, prompts: list[str], text_dim: int,
-                 recorder: Recorder) -> torch.Tensor:
+def encode_texts(config: RunConfig, family: ModelFamily, root: Path, ctx: DistContext, prompts: list[str],
+                 text_dim: int, recorder: Recorder) -> torch.Tensor:
     """Rank 0 encodes the prompts (+ negative prompt) once; every rank receives the embeddings."""
     use_cfg = config.sampling.guidance_scale > 1.0
     all_prompts = prompts + ([config.video.negative_prompt] if use_cfg else [])
@@ -43,7 +39,7 @@ def encode_texts(config: RunConfig, root: Path, ctx: DistContext, prompts: list[
     if ctx.is_driver:
         # On GPU the encoder runs in the model's dtype (UMT5-XXL is 21 GiB in float32); CPU keeps float32.
         dtype = DTYPES[config.model.dtype] if ctx.device.type == "cuda" else torch.float32
-        tokenizer, encoder = load_text_encoder(root, dtype=dtype, device=ctx.device)
+        tokenizer, encoder = family.load_text_encoder(root, dtype=dtype, device=ctx.device)
         embeds = TextEncoder(tokenizer, encoder, max_length=config.model.text_max_length).encode(all_prompts)
         del encoder
         if ctx.device.type == "cuda":
@@ -61,7 +57,7 @@ def encode_texts(config: RunConfig, root: Path, ctx: DistContext, prompts: list[
     return embeds
 
 
-def projected_texts(stage: WanStage, embeds: torch.Tensor, num_prompts: int, use_cfg: bool) -> dict:
+def projected_texts(stage, embeds: torch.Tensor, num_prompts: int, use_cfg: bool) -> dict:
     """Per prompt: projected text, batched with the negative prompt's under CFG."""
     projected = stage.project_text(embeds)
     out = {}

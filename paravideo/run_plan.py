@@ -1,33 +1,39 @@
-"""What a config will do, worked out without starting a worker: ranks, stages, blocks, weight memory."""
+"""What a config will do, worked out without starting a worker: ranks, stages, experts, blocks, weight memory."""
 
 from __future__ import annotations
 
 from paravideo.config import RunConfig
+from paravideo.models.factors import ModelFactors
 
 
-def describe_run(config: RunConfig, tconfig: dict) -> dict:
-    """Plan of a validated config: per-rank stage, layers and weight bytes; blocks; latent and output frames."""
+def describe_run(config: RunConfig, factors: ModelFactors) -> dict:
+    """Plan of a validated config: per-rank stage, layers and weight bytes (per expert); blocks; frames."""
+    from paravideo.models.wan.loading import DTYPES
     from paravideo.parallel.layout import ParallelLayout
     from paravideo.parallel.partition import stage_ranges
-    from paravideo.report.shapes import DiTShape, stage_param_bytes, total_params
-    from paravideo.models.wan.loading import DTYPES
+    from paravideo.report.shapes import DiTShape, expert_param_bytes, stage_param_bytes, total_params
     from paravideo.worker import build_plan
 
     layout = ParallelLayout(pipeline=config.parallel.pipeline, patch=config.parallel.patch)
-    ranges = stage_ranges(tconfig["num_layers"], layout.pipeline, config.parallel.stage_layers)
+    ranges = stage_ranges(factors.num_layers, layout.pipeline, config.parallel.stage_layers)
     # Shapes come from the transformer config alone; every stage also holds the non-layer modules.
-    shape = DiTShape.from_transformer_config(tconfig)
+    shape = DiTShape.from_factors(factors)
     dtype_bytes = DTYPES[config.model.dtype].itemsize
     ranks = []
     for rank in range(layout.world_size):
         lo, hi = ranges[layout.stage_of(rank)]
+        per_expert = expert_param_bytes(shape, hi - lo, dtype_bytes)
         ranks.append({"rank": rank, "stage": layout.stage_of(rank), "band": layout.band_of(rank),
                       "layers": [lo, hi], "num_layers": hi - lo, "params": total_params(shape.with_layers(hi - lo)),
-                      "weight_bytes": stage_param_bytes(shape, hi - lo, dtype_bytes)})
-    plan = build_plan(config)
+                      "weight_bytes": stage_param_bytes(shape, hi - lo, dtype_bytes),
+                      "weight_bytes_by_expert": {name: per_expert for name in factors.experts}})
+    plan = build_plan(config, factors)
     return {
         "world_size": layout.world_size,
-        "model": {"layers": tconfig["num_layers"], "params": total_params(shape), "dtype": config.model.dtype},
+        "model": {"family": factors.family, "experts": list(factors.experts), "boundary_ratio": factors.boundary_ratio,
+                  "layers": factors.num_layers, "params": total_params(shape), "dtype": config.model.dtype,
+                  "latent_channels": factors.latent_channels, "time_stride": factors.time_stride,
+                  "spatial_stride": factors.spatial_stride, "timestep_form": factors.timestep_form},
         "stages": [{"stage": s, "layers": [lo, hi], "ranks": [layout.rank_of(s, b) for b in range(layout.patch)]}
                    for s, (lo, hi) in enumerate(ranges)],
         "ranks": ranks,

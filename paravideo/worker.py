@@ -19,11 +19,11 @@ from paravideo.errors import ParavideoError
 from paravideo.io.checkpoint import Checkpointer
 from paravideo.io.sink import PARTIAL_NAME, VideoSink
 from paravideo.io.stream import FrameStream
-from paravideo.io.vae_stream import StreamingDecoder
 from paravideo.models.builtin import resolve_model_path
-from paravideo.models.wan.adapter import WanStage
-from paravideo.models.wan.loading import (DTYPES, check_model_folder, load_transformer_stage,
-                                          load_vae, read_scheduler_config)
+from paravideo.models.experts import ExpertChoice, ExpertStages
+from paravideo.models.factors import ModelFactors
+from paravideo.models.family import ModelFamily, inspect_model
+from paravideo.models.wan.loading import DTYPES, read_scheduler_config
 from paravideo.parallel.comm import P2P
 from paravideo.parallel.layout import DistContext, ParallelLayout
 from paravideo.parallel.patch.bands import BandSplit
@@ -67,11 +67,11 @@ class FaultSpec:
         return cls(int(rank), int(forward))
 
 
-def build_plan(config: RunConfig) -> BlockPlan:
-    """The block plan the config asks for."""
+def build_plan(config: RunConfig, factors: ModelFactors) -> BlockPlan:
+    """The block plan the config asks for, in the model's latent frames."""
     b = config.blocks
-    return make_plan(config.video.latent_frames, b.block_frames, config.sampling.steps, b.context_frames,
-                     b.feature_cache)
+    return make_plan(factors.latent_frames(config.video.num_frames), b.block_frames, config.sampling.steps,
+                     b.context_frames, b.feature_cache)
 
 
 class Worker:
@@ -107,24 +107,29 @@ class Worker:
         if ctx.device.type == "cpu":
             torch.set_num_threads(cfg.launch.threads_per_rank)
         root = self._model_root()
-        tconfig = check_model_folder(root)
-        ranges = stage_ranges(tconfig["num_layers"], self.layout.pipeline, cfg.parallel.stage_layers)
+        family, factors = inspect_model(root)
+        self.factors = factors
+        ranges = stage_ranges(factors.num_layers, self.layout.pipeline, cfg.parallel.stage_layers)
         stage_index = self.layout.stage_of(ctx.rank)
         lo, hi = ranges[stage_index]
-        stage = WanStage(load_transformer_stage(root, lo, hi, dtype=DTYPES[cfg.model.dtype], device=ctx.device),
-                         lo=lo, hi=hi, num_layers=tconfig["num_layers"])
-        plan = build_plan(cfg)
-        prompts, per_block = block_prompts(cfg, plan)
-        use_cfg = cfg.sampling.guidance_scale > 1.0
-        embeds = encode_texts(cfg, root, ctx, prompts, tconfig["text_dim"], self.recorder)
-        texts = projected_texts(stage, embeds, len(prompts), use_cfg)
+        plan = build_plan(cfg, factors)
         bank = SchedulerBank(make_scheduler(cfg.sampling.scheduler, read_scheduler_config(root),
                                             flow_shift=cfg.sampling.flow_shift), cfg.sampling.steps)
-        latent_h, latent_w = cfg.video.height // 8, cfg.video.width // 8
-        patch_hw = tuple(stage.patch_size[1:])
+        choice = ExpertChoice.for_run(factors, bank.timesteps, cfg.sampling.guidance_scale,
+                                      cfg.sampling.guidance_scale_2)
+        self.choice = choice
+        stage = ExpertStages(family.load_stages(root, factors, lo, hi, dtype=DTYPES[cfg.model.dtype],
+                                                device=ctx.device), choice)
+        prompts, per_block = block_prompts(cfg, plan, factors.time_stride)
+        use_cfg = cfg.sampling.guidance_scale > 1.0
+        embeds = encode_texts(cfg, family, root, ctx, prompts, factors.text_dim, self.recorder)
+        texts = [projected_texts(expert, embeds, len(prompts), use_cfg) for expert in stage.stages]
+        latent_h, latent_w = factors.latent_size(cfg.video.height, cfg.video.width)
+        patch_hw = factors.patch_size[1:]
         split = BandSplit.even(latent_h // patch_hw[0], latent_w // patch_hw[1], self.layout.patch)
-        geo = Geometry(channels=tconfig["in_channels"], height=latent_h, width=latent_w, batch=2 if use_cfg else 1,
-                       dim=stage.dim, patch_hw=patch_hw, band=split.bands[self.layout.band_of(ctx.rank)])
+        geo = Geometry(channels=factors.latent_channels, height=latent_h, width=latent_w,
+                       batch=2 if use_cfg else 1, dim=factors.dim, patch_hw=patch_hw,
+                       band=split.bands[self.layout.band_of(ctx.rank)])
         p2p = P2P(ctx.rank, device=ctx.device, recorder=self.recorder,
                   timeout_s=cfg.launch.timeout_s) if ctx.distributed else None
         # The patch exchange runs first, so the feature cache keeps and appends K/V of the rows a band sees.
@@ -138,7 +143,7 @@ class Worker:
         with ExitStack() as stack:
             driver, output, start_seq = None, None, 0
             if ctx.is_driver:
-                driver, output = self._driver_side(root, plan, bank, geo, stack, p2p, split)
+                driver, output = self._driver_side(family, root, plan, bank, geo, stack, p2p, split)
                 start_seq = self._checkpointer.restore() if cfg.output.resume else 0
                 self._progress.update(start_seq)
             elif stage_index == 0:
@@ -159,7 +164,8 @@ class Worker:
                     torch.save(torch.cat(output.kept, dim=2), Path(cfg.output.dir) / "latents.pt")
             self._denoise_s = time.perf_counter() - loop_start
         stats = self.recorder.stats(layers=[lo, hi], param_bytes=stage.param_bytes(), device=ctx.device)
-        mine = (stats.to_json(), rank_trace(self.recorder, layers=(lo, hi), barrier=self._barrier))
+        row = {**stats.to_json(), "param_bytes_by_expert": dict(zip(factors.experts, stage.param_bytes_by_expert()))}
+        mine = (row, rank_trace(self.recorder, layers=(lo, hi), barrier=self._barrier))
         rows = [mine]
         if ctx.distributed:
             import torch.distributed as dist
@@ -185,13 +191,13 @@ class Worker:
                             shape_chw=(geo.channels, geo.height, geo.width))
         return BandNoise(noise, geo.latent_rows) if self.layout.patch > 1 else noise
 
-    def _driver_side(self, root: Path, plan: BlockPlan, bank: SchedulerBank, geo: Geometry, stack: ExitStack,
-                     p2p: P2P | None, split: BandSplit):
+    def _driver_side(self, family: ModelFamily, root: Path, plan: BlockPlan, bank: SchedulerBank, geo: Geometry,
+                     stack: ExitStack, p2p: P2P | None, split: BandSplit):
         cfg = self.config
-        vae = load_vae(root, device=self.ctx.device)
+        vae = family.load_vae(root, device=self.ctx.device)
         sink = VideoSink(Path(cfg.output.dir), width=cfg.video.width, height=cfg.video.height,
                          fps=cfg.video.fps, frames_png=cfg.output.frames_png)
-        output = FrameStream(StreamingDecoder(vae), sink, self.recorder, keep_latents=cfg.output.save_latents,
+        output = FrameStream(family.streaming_decoder(vae), sink, self.recorder, keep_latents=cfg.output.save_latents,
                              background=cfg.output.background_decode)
         self._output = output
         # The mp4 is finalised on every path; a run that did not finish names it video.incomplete.mp4.
@@ -236,11 +242,10 @@ class Worker:
         if stage_index < last:
             sink = SendHiddenSink(p2p, next_rank)
         elif stage_index == 0:
-            sink = HeadSink(stage, self.config.sampling.guidance_scale, self.recorder, deliver=driver.apply)
+            sink = HeadSink(stage, self.recorder, deliver=driver.apply)
         else:
             first = self.layout.rank_of(0, band)
-            sink = HeadSink(stage, self.config.sampling.guidance_scale, self.recorder,
-                            deliver=lambda fwd, pred: p2p.send(pred, first, kind="prediction"),
+            sink = HeadSink(stage, self.recorder, deliver=lambda fwd, pred: p2p.send(pred, first, kind="prediction"),
                             finish=p2p.flush)
         fault = self.fault
 
@@ -259,19 +264,31 @@ class Worker:
         first = self.recorder.marks.get("first_frame")
         report = RunReport(
             complete=complete, frames=output.sink.frames_written if output else 0,
-            latent_frames=plan.latent_frames, steps=plan.steps, blocks=len(plan.blocks),
+            latent_frames=plan.latent_frames if plan else 0, steps=cfg.sampling.steps,
+            blocks=len(plan.blocks) if plan else 0,
             wall_s=time.perf_counter() - start, denoise_s=getattr(self, "_denoise_s", None),
             time_to_first_frame_s=first, world_size=self.ctx.world_size,
             video=str(output.sink.path) if output and output.sink.path else None, config=cfg.resolved(),
             parallel={"pipeline": self.layout.pipeline, "patch": self.layout.patch,
                       "stage_layers": [list(r) for r in ranges], **self._patch_report()},
+            model=self._model_report(),
             plan={"blocks": len(plan.blocks), "iterations": plan.iterations, "max_queue": plan.max_queue,
                   "forwards": len(plan.forwards), "block_frames": [b.frames for b in plan.blocks],
-                  "context_frames": plan.context_frames, "feature_cache": plan.feature_cache},
+                  "context_frames": plan.context_frames, "feature_cache": plan.feature_cache} if plan else {},
             ranks=sorted(rows, key=lambda r: r["rank"]), block_digests=list(output.digests) if output else [],
             error=error)
         write_run_report(Path(cfg.output.dir), report)
         return report
+
+    def _model_report(self) -> dict | None:
+        factors = getattr(self, "factors", None)  # None when the run failed before the folder was read
+        if factors is None:
+            return None
+        return {"family": factors.family, "experts": list(factors.experts), "boundary_ratio": factors.boundary_ratio,
+                "latent_channels": factors.latent_channels, "time_stride": factors.time_stride,
+                "spatial_stride": factors.spatial_stride, "patch_size": list(factors.patch_size),
+                "timestep_form": factors.timestep_form,
+                "expert_of_step": list(self.choice.expert_of_step) if hasattr(self, "choice") else None}
 
     def _patch_report(self) -> dict:
         par = self.config.parallel
@@ -305,7 +322,8 @@ def _write_failure(worker: Worker, err: BaseException) -> None:
     message = f"rank {worker.ctx.rank}: {type(err).__name__}: {err}"
     output = getattr(worker, "_output", None)
     try:
-        plan = build_plan(cfg)
+        factors = getattr(worker, "factors", None)  # None when the model folder was never read
+        plan = build_plan(cfg, factors) if factors is not None else None
         worker._report(plan, output, worker.recorder.t0, [], [], complete=False, error=message)
     except Exception:  # noqa: BLE001 - never mask the original failure
         traceback.print_exc()

@@ -60,7 +60,8 @@ def test_feature_cache_keys_widen_self_attention(tiny_shape):
 def test_param_counts_match_the_diffusers_model():
     from diffusers import WanTransformer3DModel
 
-    shape = DiTShape(num_layers=3, num_heads=4, head_dim=8, ffn_dim=48, text_dim=24, freq_dim=16)
+    shape = DiTShape(num_layers=3, num_heads=4, head_dim=8, ffn_dim=48, text_dim=24, in_channels=16, out_channels=16,
+                     patch=(1, 2, 2), time_stride=4, spatial_stride=8, freq_dim=16)
     with torch.device("meta"):
         model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=8,
                                       in_channels=16, out_channels=16, text_dim=24, freq_dim=16, ffn_dim=48,

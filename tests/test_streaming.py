@@ -66,6 +66,7 @@ def test_odd_length_and_report_fields(make_config):
 def test_prompt_schedule_encodes_each_prompt_once(make_config, monkeypatch):
     from paravideo.models.text import TextEncoder
     from paravideo.prompts import block_prompts
+    from paravideo.generate import preflight
     from paravideo.worker import build_plan
 
     calls = []
@@ -73,7 +74,7 @@ def test_prompt_schedule_encodes_each_prompt_once(make_config, monkeypatch):
     monkeypatch.setattr(TextEncoder, "encode", lambda self, prompts: calls.append(list(prompts)) or real(self, prompts))
     prompts = [{"from_frame": 0, "text": "a calm lake"}, {"from_frame": 12, "text": "a storm over the lake"}]
     config = make_config(video={"prompt": None, "prompts": prompts, "num_frames": 29}, blocks=BLOCKS)
-    texts, per_block = block_prompts(config, build_plan(config))
+    texts, per_block = block_prompts(config, build_plan(config, preflight(config)), 4)
     # Blocks start at latent frames 0,2,4,6 -> output frames 0,5,13,21.
     assert texts == ["a calm lake", "a storm over the lake"] and per_block == [0, 0, 1, 1]
     report = generate(config)

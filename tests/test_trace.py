@@ -6,6 +6,7 @@ import json
 import re
 
 from paravideo.report.trace import read_tracks, trace_events
+from paravideo.generate import preflight
 from paravideo.worker import build_plan
 
 FORWARD = re.compile(r"^block (\d+) step (\d+)$")
@@ -30,7 +31,7 @@ def test_two_rank_trace_has_every_forward_on_every_rank(make_config, tiny_root):
             assert event["dur"] >= 0 and isinstance(event["ts"], float)
     tracks = read_tracks(path)
     assert sorted(tracks) == ["rank 0 (layers 0-1)", "rank 1 (layers 2-3)"]
-    plan = build_plan(config)
+    plan = build_plan(config, preflight(config))
     expected = [(f.block, f.step) for f in plan.forwards]
     for events in tracks.values():
         assert _forwards(events) == expected  # each rank runs the whole plan, in plan order

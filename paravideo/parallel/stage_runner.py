@@ -8,7 +8,8 @@ from typing import Callable, Protocol
 import torch
 
 from paravideo.driver import BlockDriver
-from paravideo.models.wan.adapter import Conditioning, WanStage
+from paravideo.models.experts import ExpertStages
+from paravideo.models.wan.adapter import Conditioning
 from paravideo.parallel.comm import P2P, PendingRecv
 from paravideo.parallel.patch.bands import Band, band_conditioning
 from paravideo.report.recorder import BUSY, Recorder
@@ -78,9 +79,9 @@ class Sink(Protocol):
 class LatentSource:
     """First stage: waits for the predictions the window depends on, then patch-embeds it."""
 
-    def __init__(self, stage: WanStage, driver: BlockDriver, geometry: Geometry, recorder: Recorder,
+    def __init__(self, experts: ExpertStages, driver: BlockDriver, geometry: Geometry, recorder: Recorder,
                  inbox: PredictionInbox | None):
-        self.stage, self.driver, self.geo, self.recorder, self.inbox = stage, driver, geometry, recorder, inbox
+        self.experts, self.driver, self.geo, self.recorder, self.inbox = experts, driver, geometry, recorder, inbox
 
     def hidden(self, fwd: Forward, frames: int) -> torch.Tensor:
         if self.inbox is not None:
@@ -88,7 +89,7 @@ class LatentSource:
                 self.inbox.drain_until(fwd.depends_on[-1])
             self.inbox.expect(fwd)
         with self.recorder.span("embed", BUSY, block=fwd.block, step=fwd.step):
-            tokens = self.stage.embed(self.driver.window(fwd))
+            tokens = self.experts.at(fwd.step).embed(self.driver.window(fwd))
             return tokens.expand(self.geo.batch, -1, -1).contiguous()
 
     def release(self, hidden: torch.Tensor) -> None:
@@ -145,19 +146,20 @@ class SendHiddenSink:
 
 
 class HeadSink:
-    """Last stage: output head, context frames dropped, CFG combine, then `deliver` the prediction."""
+    """Last stage: the step's expert's output head, context frames dropped, CFG combine with that expert's
+    guidance scale, then `deliver` the prediction."""
 
-    def __init__(self, stage: WanStage, guidance_scale: float, recorder: Recorder,
-                 deliver: Callable[[Forward, torch.Tensor], None], finish: Callable[[], None] = lambda: None):
-        self.stage, self.guidance_scale, self.recorder = stage, guidance_scale, recorder
+    def __init__(self, experts: ExpertStages, recorder: Recorder, deliver: Callable[[Forward, torch.Tensor], None],
+                 finish: Callable[[], None] = lambda: None):
+        self.experts, self.recorder = experts, recorder
         self.deliver, self._finish = deliver, finish
 
     def put(self, fwd: Forward, hidden: torch.Tensor, cond: Conditioning) -> None:
         with self.recorder.span("head", BUSY, block=fwd.block, step=fwd.step):
-            pred = self.stage.head(hidden, cond)[:, :, fwd.context_frames:].float()
+            pred = self.experts.at(fwd.step).head(hidden, cond)[:, :, fwd.context_frames:].float()
             if pred.shape[0] == 2:
                 cond_pred, uncond_pred = pred[:1], pred[1:]
-                pred = uncond_pred + self.guidance_scale * (cond_pred - uncond_pred)
+                pred = uncond_pred + self.experts.choice.guidance(fwd.step) * (cond_pred - uncond_pred)
         self.deliver(fwd, pred)
 
     def finish(self) -> None:
@@ -201,12 +203,13 @@ class PredictionInbox:
 class StageRunner:
     """Runs this rank's layers for every forward of the plan, in plan order."""
 
-    def __init__(self, stage: WanStage, plan: BlockPlan, *, texts: dict[int, torch.Tensor],
+    def __init__(self, experts: ExpertStages, plan: BlockPlan, *, texts: list[dict[int, torch.Tensor]],
                  block_prompt: list[int], timesteps: torch.Tensor, geometry: Geometry, recorder: Recorder,
                  source: Source, sink: Sink, before_forward: Callable[[Forward], None] = lambda f: None,
                  after_forward: Callable[[Forward], None] = lambda f: None,
                  kv_tokens_per_frame: Callable[[int], int] | None = None):
-        self.stage, self.plan, self.texts, self.block_prompt = stage, plan, texts, block_prompt
+        # texts[expert][prompt]: each expert projects the prompts with its own text embedder.
+        self.experts, self.plan, self.texts, self.block_prompt = experts, plan, texts, block_prompt
         self.timesteps, self.geo, self.recorder = timesteps, geometry, recorder
         self.source, self.sink = source, sink
         self.before_forward, self.after_forward = before_forward, after_forward
@@ -218,11 +221,13 @@ class StageRunner:
         lo, hi = self.plan.window(fwd)
         timestep = self.timesteps[fwd.step].expand(self.geo.batch)
         grid = (hi - lo, self.geo.token_rows, self.geo.token_cols)
-        cond = self.stage.condition(timestep, self.texts[self.block_prompt[fwd.block]], grid, frame_offset=lo)
+        expert = self.experts.index(fwd.step)
+        cond = self.experts.stages[expert].condition(timestep, self.texts[expert][self.block_prompt[fwd.block]], grid,
+                                                     frame_offset=lo)
         return band_conditioning(cond, self.geo.rows)
 
     def _set_hook_info(self, fwd: Forward, frames: int) -> None:
-        info = self.stage.hooks.info
+        info = self.experts.hooks.info
         info.block, info.step = fwd.block, fwd.step
         info.window_frames, info.context_frames = frames, fwd.context_frames
         info.tokens_per_frame = self.kv_tokens_per_frame(fwd.step)
@@ -236,10 +241,11 @@ class StageRunner:
             lo, hi = self.plan.window(fwd)
             hidden_in = self.source.hidden(fwd, hi - lo)
             with self.recorder.span(f"block {fwd.block} step {fwd.step}", BUSY, block=fwd.block, step=fwd.step,
-                                    iteration=fwd.iteration, layers=f"{self.stage.lo}-{self.stage.hi}"):
+                                    iteration=fwd.iteration, layers=f"{self.experts.lo}-{self.experts.hi}",
+                                    expert=self.experts.index(fwd.step)):
                 cond = self.condition(fwd)
                 self._set_hook_info(fwd, hi - lo)
-                hidden = self.stage.run_layers(hidden_in, cond)
+                hidden = self.experts.at(fwd.step).run_layers(hidden_in, cond)
             self.source.release(hidden_in)
             self.sink.put(fwd, hidden, cond)
             self.after_forward(fwd)

@@ -47,8 +47,11 @@ def predicted_fields(p: Prediction, frames: int) -> dict:
 
 def point_row(point: SweepPoint, run: dict | None, prediction: Prediction, error: str | None = None) -> dict:
     """One row of report.json."""
+    from paravideo.report.shapes import shape_for_model_path
+
+    stride = shape_for_model_path(point.config.model.path).time_stride
     row = {"name": point.name, "plan": point.plan, "ranks": point.ranks, "frames": point.frames,
-           "latent_frames": point.config.video.latent_frames, "steps": point.config.sampling.steps,
+           "latent_frames": (point.config.video.num_frames - 1) // stride + 1, "steps": point.config.sampling.steps,
            "resolution": f"{point.config.video.width}x{point.config.video.height}",
            "run_dir": point.config.output.dir, "error": error,
            "measured": measured_fields(run, point.frames) if run else None,

@@ -40,13 +40,12 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 def _stage(name: str):
     from paravideo.models.builtin import ensure_builtin
-    from paravideo.models.wan.adapter import WanStage
-    from paravideo.models.wan.loading import check_model_folder, load_transformer_stage
+    from paravideo.models.family import inspect_model
 
     root = ensure_builtin(name)
-    layers = check_model_folder(root)["num_layers"]
-    model = load_transformer_stage(root, 0, layers, dtype=torch.float32, device=torch.device("cpu"))
-    return root, WanStage(model, lo=0, hi=layers, num_layers=layers)
+    family, factors = inspect_model(root)
+    stages = family.load_stages(root, factors, 0, factors.num_layers, dtype=torch.float32, device=torch.device("cpu"))
+    return root, stages[0]
 
 
 @torch.no_grad()
@@ -62,7 +61,8 @@ def measure_dit(repeats: int) -> dict:
         text = stage.project_text(torch.randn(2, 512, shape.text_dim))
         for height, width in SIZES:
             for frames in FRAMES:
-                latents = torch.randn(1, 16, frames, height // 8, width // 8)
+                latents = torch.randn(1, shape.in_channels, frames, height // shape.spatial_stride,
+                                      width // shape.spatial_stride)
                 grid = stage.grid(latents.shape)
                 tokens = grid[0] * grid[1] * grid[2]
                 cond = stage.condition(torch.tensor([500.0, 500.0]), text, grid)
@@ -84,11 +84,13 @@ def measure_dit(repeats: int) -> dict:
 def measure_scheduler(repeats: int, steps: int = 8) -> float:
     """Seconds per scheduler step of a block, over a block's whole step sequence."""
     from paravideo.models.builtin import ensure_builtin
+    from paravideo.models.family import inspect_model
     from paravideo.models.wan.loading import read_scheduler_config
     from paravideo.schedule.sampler import SchedulerBank, make_scheduler
 
-    bank = SchedulerBank(make_scheduler("unipc", read_scheduler_config(ensure_builtin("tiny"))), steps)
-    latents = torch.randn(1, 16, 3, 4, 6)
+    root = ensure_builtin("tiny")
+    bank = SchedulerBank(make_scheduler("unipc", read_scheduler_config(root)), steps)
+    latents = torch.randn(1, inspect_model(root)[1].latent_channels, 3, 4, 6)
 
     def one_block() -> None:
         sched, x = bank.new_block_scheduler(), latents
@@ -101,20 +103,21 @@ def measure_scheduler(repeats: int, steps: int = 8) -> float:
 @torch.no_grad()
 def measure_decode(repeats: int) -> dict:
     """Per-latent-frame decode time = fixed + FLOPs / rate, over a few resolutions of the tiny VAE."""
-    from paravideo.io.vae_stream import StreamingDecoder
     from paravideo.models.builtin import ensure_builtin
-    from paravideo.models.wan.loading import load_vae
+    from paravideo.models.family import inspect_model
     from paravideo.report.flops import vae_decode_flops
 
     root = ensure_builtin("tiny")
-    vae = load_vae(root, device=torch.device("cpu"))
+    family, factors = inspect_model(root)
+    vae = family.load_vae(root, device=torch.device("cpu"))
     xs, ys = [], []
     for height, width in SIZES:
-        decoder = StreamingDecoder(vae)
-        z = torch.randn(1, 16, 1, height // 8, width // 8)
+        decoder = family.streaming_decoder(vae)
+        rows, cols = factors.latent_size(height, width)
+        z = torch.randn(1, factors.latent_channels, 1, rows, cols)
         decoder.decode(z)  # the first frame differs; time the steady ones
         ys.append(timed(lambda: decoder.decode(z), repeats))
-        xs.append(vae_decode_flops(dict(vae.config), height // 8, width // 8)[1])
+        xs.append(vae_decode_flops(dict(vae.config), rows, cols)[1])
     overhead, per_flop = fit_line(xs, ys)
     return {"flops_per_s": 1.0 / per_flop, "frame_overhead_s": overhead}
 

@@ -19,9 +19,10 @@ from paravideo.report.shapes import PRESETS
 def project(args: argparse.Namespace) -> str:
     """The markdown for one projection."""
     profile = load_profile(args.profile)
-    latent = (args.frames - 1) // 4 + 1
-    base = Scenario(shape=PRESETS[args.model], latent_frames=latent, latent_height=args.height // 8,
-                    latent_width=args.width // 8, steps=args.steps, block_frames=args.block_frames,
+    shape = PRESETS[args.model]
+    latent = (args.frames - 1) // shape.time_stride + 1
+    base = Scenario(shape=shape, latent_frames=latent, latent_height=args.height // shape.spatial_stride,
+                    latent_width=args.width // shape.spatial_stride, steps=args.steps, block_frames=args.block_frames,
                     context_frames=args.context_frames, pipeline=args.gpus, dtype_bytes=2)
     decode = DecodeShape.of(base)
     ranked = [c for c in candidates(base, args.gpus, profile) if c.scenario.pipeline in (1, args.gpus)]

@@ -27,6 +27,8 @@ class RunReport:
     video: str | None
     config: dict
     parallel: dict = field(default_factory=dict)
+    # The model's declared factors: family, experts (and which one ran each step), strides, channels.
+    model: dict | None = None
     plan: dict = field(default_factory=dict)
     ranks: list[dict] = field(default_factory=list)
     block_digests: list[str] = field(default_factory=list)

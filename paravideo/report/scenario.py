@@ -12,7 +12,6 @@ from paravideo.report.traffic import TrafficLayout
 from paravideo.schedule.plan import BlockPlan, Forward, make_plan
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-TIME_STRIDE, VAE_STRIDE = 4, 8
 
 
 @dataclass(frozen=True)
@@ -44,12 +43,14 @@ class Scenario:
         """The scenario of a RunConfig (`shape` defaults to the model folder's configs)."""
         from paravideo.report.shapes import shape_for_model_path
         from paravideo.prompts import block_prompts
-        from paravideo.worker import build_plan
 
-        prompts, _ = block_prompts(config, build_plan(config))
-        return cls(shape=shape or shape_for_model_path(config.model.path),
-                   latent_frames=config.video.latent_frames, latent_height=config.video.height // VAE_STRIDE,
-                   latent_width=config.video.width // VAE_STRIDE, steps=config.sampling.steps,
+        shape = shape or shape_for_model_path(config.model.path)
+        latent_frames = (config.video.num_frames - 1) // shape.time_stride + 1
+        b = config.blocks
+        plan = make_plan(latent_frames, b.block_frames, config.sampling.steps, b.context_frames, b.feature_cache)
+        prompts, _ = block_prompts(config, plan, shape.time_stride)
+        return cls(shape=shape, latent_frames=latent_frames, latent_height=config.video.height // shape.spatial_stride,
+                   latent_width=config.video.width // shape.spatial_stride, steps=config.sampling.steps,
                    block_frames=config.blocks.block_frames, context_frames=config.blocks.context_frames,
                    feature_cache=config.blocks.feature_cache, pipeline=config.parallel.pipeline,
                    stage_layers=tuple(config.parallel.stage_layers) if config.parallel.stage_layers else None,
@@ -85,7 +86,7 @@ class Scenario:
 
     @property
     def output_frames(self) -> int:
-        return TIME_STRIDE * (self.latent_frames - 1) + 1
+        return self.shape.time_stride * (self.latent_frames - 1) + 1
 
     @cached_property
     def plan(self) -> BlockPlan:
@@ -110,7 +111,7 @@ class Scenario:
     def block_output_frames(self, block: int) -> int:
         """Pixel frames decoded from a block (the very first latent frame gives one frame, others four)."""
         b = self.plan.blocks[block]
-        return sum(1 if f == 0 else TIME_STRIDE for f in range(b.start, b.stop))
+        return sum(1 if f == 0 else self.shape.time_stride for f in range(b.start, b.stop))
 
     @cached_property
     def traffic(self) -> TrafficLayout:

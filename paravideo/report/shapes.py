@@ -9,17 +9,21 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class DiTShape:
-    """The sizes of a Wan text-to-video transformer that decide FLOPs, parameters and messages."""
+    """The sizes of a Wan text-to-video transformer (each expert's, when there are two) and the model's
+    strides: what decides FLOPs, parameters, messages and latent sizes."""
 
     num_layers: int
     num_heads: int
     head_dim: int
     ffn_dim: int
     text_dim: int
+    in_channels: int  # latent channels
+    out_channels: int
+    patch: tuple[int, int, int]
+    time_stride: int  # VAE: output frames per latent frame after the first
+    spatial_stride: int  # VAE: pixels per latent pixel
+    experts: int = 1  # transformers of identical shape switched by timestep (Wan2.2-T2V-A14B: 2)
     freq_dim: int = 256
-    in_channels: int = 16
-    out_channels: int = 16
-    patch: tuple[int, int, int] = (1, 2, 2)
     qk_norm: bool = True
     cross_attn_norm: bool = True
     # Shapes of the other parts, used only for memory and decode time (None: unknown, not counted).
@@ -39,24 +43,26 @@ class DiTShape:
         return replace(self, num_layers=num_layers)
 
     @classmethod
-    def from_transformer_config(cls, config: dict, **extra) -> DiTShape:
-        """From a diffusers `transformer/config.json` (WanTransformer3DModel)."""
-        return cls(num_layers=config["num_layers"], num_heads=config["num_attention_heads"],
-                   head_dim=config["attention_head_dim"], ffn_dim=config["ffn_dim"], text_dim=config["text_dim"],
-                   freq_dim=config.get("freq_dim", 256), in_channels=config.get("in_channels", 16),
-                   out_channels=config.get("out_channels", 16), patch=tuple(config.get("patch_size", (1, 2, 2))),
-                   qk_norm=bool(config.get("qk_norm")), cross_attn_norm=bool(config.get("cross_attn_norm", True)),
-                   **extra)
+    def from_factors(cls, factors, **extra) -> DiTShape:
+        """From a model folder's declared factors (`paravideo.models.factors.ModelFactors`)."""
+        config = factors.transformer_config
+        return cls(num_layers=factors.num_layers, num_heads=factors.num_heads,
+                   head_dim=config["attention_head_dim"], ffn_dim=config["ffn_dim"], text_dim=factors.text_dim,
+                   in_channels=factors.latent_channels, out_channels=config["out_channels"] or factors.latent_channels,
+                   patch=factors.patch_size, time_stride=factors.time_stride, spatial_stride=factors.spatial_stride,
+                   experts=len(factors.experts), freq_dim=config["freq_dim"], qk_norm=bool(config["qk_norm"]),
+                   cross_attn_norm=bool(config["cross_attn_norm"]), **extra)
 
     @classmethod
     def from_folder(cls, root: Path) -> DiTShape:
-        """From a diffusers-format Wan folder: transformer, VAE and text-encoder configs only."""
+        """From a model folder: the family's factors, plus the VAE and text-encoder configs (no weights)."""
+        from paravideo.models.family import inspect_model
+
         root = Path(root)
-        config = json.loads((root / "transformer" / "config.json").read_text())
-        vae_path, text_path = root / "vae" / "config.json", root / "text_encoder" / "config.json"
-        vae = json.loads(vae_path.read_text()) if vae_path.is_file() else None
+        _, factors = inspect_model(root)
+        text_path = root / "text_encoder" / "config.json"
         text = umt5_params(json.loads(text_path.read_text())) if text_path.is_file() else None
-        return cls.from_transformer_config(config, vae_config=vae, text_encoder_params=text)
+        return cls.from_factors(factors, vae_config=factors.vae_config, text_encoder_params=text)
 
 
 def umt5_params(config: dict) -> int:
@@ -73,11 +79,20 @@ WAN_VAE = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_block
            "attn_scales": [], "temperal_downsample": [False, True, True], "dropout": 0.0}
 UMT5_XXL = {"d_model": 4096, "d_kv": 64, "num_heads": 64, "d_ff": 10240, "num_layers": 24,
             "vocab_size": 256384, "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32}
+# Wan2.2-TI2V-5B's VAE: 48 channels, residual blocks, 2x2 patches, 16x spatial (latent statistics omitted).
+WAN22_VAE = {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+             "attn_scales": [], "temperal_downsample": [False, True, True], "dropout": 0.0, "is_residual": True,
+             "in_channels": 12, "out_channels": 12, "patch_size": 2, "scale_factor_spatial": 16}
+WAN21 = dict(in_channels=16, out_channels=16, patch=(1, 2, 2), time_stride=4, spatial_stride=8, vae_config=WAN_VAE,
+             text_encoder_params=umt5_params(UMT5_XXL))
 PRESETS: dict[str, DiTShape] = {
-    "wan2.1-1.3b": DiTShape(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, text_dim=4096,
-                            vae_config=WAN_VAE, text_encoder_params=umt5_params(UMT5_XXL)),
-    "wan2.1-14b": DiTShape(num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824, text_dim=4096,
-                           vae_config=WAN_VAE, text_encoder_params=umt5_params(UMT5_XXL)),
+    "wan2.1-1.3b": DiTShape(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, text_dim=4096, **WAN21),
+    "wan2.1-14b": DiTShape(num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824, text_dim=4096, **WAN21),
+    "wan2.2-a14b": DiTShape(num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824, text_dim=4096, experts=2,
+                            **WAN21),
+    "wan2.2-ti2v-5b": DiTShape(num_layers=30, num_heads=24, head_dim=128, ffn_dim=14336, text_dim=4096,
+                               in_channels=48, out_channels=48, patch=(1, 2, 2), time_stride=4, spatial_stride=16,
+                               vae_config=WAN22_VAE, text_encoder_params=umt5_params(UMT5_XXL)),
 }
 
 
@@ -103,14 +118,19 @@ def param_groups(shape: DiTShape) -> dict[str, tuple[int, int]]:
     return {"layer": (layer_low, layer_fp32), "shared": (shared_low, shared_fp32)}
 
 
-def stage_param_bytes(shape: DiTShape, layers: int, dtype_bytes: int) -> int:
-    """Parameter bytes of a stage holding `layers` layers plus the shared modules (as the loader keeps them)."""
+def expert_param_bytes(shape: DiTShape, layers: int, dtype_bytes: int) -> int:
+    """Parameter bytes of one expert's `layers` layers plus its shared modules (as the loader keeps them)."""
     groups = param_groups(shape)
     per = lambda g: groups[g][0] * dtype_bytes + groups[g][1] * 4  # noqa: E731
     return layers * per("layer") + per("shared")
 
 
+def stage_param_bytes(shape: DiTShape, layers: int, dtype_bytes: int) -> int:
+    """Parameter bytes of a stage holding `layers` layers of every expert (all stay resident)."""
+    return shape.experts * expert_param_bytes(shape, layers, dtype_bytes)
+
+
 def total_params(shape: DiTShape) -> int:
-    """Parameters of the whole transformer."""
+    """Parameters of the whole model (every expert)."""
     groups = param_groups(shape)
-    return shape.num_layers * sum(groups["layer"]) + sum(groups["shared"])
+    return shape.experts * (shape.num_layers * sum(groups["layer"]) + sum(groups["shared"]))

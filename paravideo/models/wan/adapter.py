@@ -17,20 +17,27 @@ class Conditioning:
     """Per-forward inputs every stage derives itself: time modulation, projected text, RoPE."""
 
     temb: torch.Tensor  # (batch, dim)
-    timestep_proj: torch.Tensor  # (batch, 6, dim)
+    timestep_proj: torch.Tensor  # (batch, 6, dim), or (batch, 1, 6, dim) for per-token timesteps
     text: torch.Tensor  # (batch, text_tokens, dim)
     rotary: tuple[torch.Tensor, torch.Tensor]  # cos, sin: (1, tokens, 1, head_dim)
     grid: tuple[int, int, int]  # post-patch (frames, rows, cols) of the window
 
 
 class WanStage:
-    """A Wan transformer holding layers [lo, hi) of `num_layers`, plus the small shared modules."""
+    """A Wan transformer holding layers [lo, hi) of `num_layers`, plus the small shared modules.
 
-    def __init__(self, transformer, *, lo: int, hi: int, num_layers: int):
+    With per-token timesteps (Wan2.2-TI2V's `expand_timesteps`) the layers take their modulation in
+    the per-token layout. In text-to-video every token of a window has the window's timestep, so the
+    token axis has length 1 and broadcasts: the same values diffusers computes token by token.
+    """
+
+    def __init__(self, transformer, *, lo: int, hi: int, num_layers: int, hooks: HookRegistry | None = None,
+                 per_token_timesteps: bool = False):
         assert len(transformer.blocks) == hi - lo, "the transformer must hold exactly layers [lo, hi)"
         self.model = transformer
         self.lo, self.hi, self.num_layers = lo, hi, num_layers
-        self.hooks = HookRegistry()
+        self.per_token_timesteps = per_token_timesteps
+        self.hooks = hooks if hooks is not None else HookRegistry()
         for index, block in enumerate(transformer.blocks):
             block.attn1.set_processor(HookedSelfAttnProcessor(lo + index, self.hooks))
         cfg = transformer.config
@@ -86,6 +93,8 @@ class WanStage:
         time_dtype = next(embedder.time_embedder.parameters()).dtype
         temb = embedder.time_embedder(t.to(time_dtype)).type_as(text)
         timestep_proj = embedder.time_proj(embedder.act_fn(temb)).unflatten(1, (6, -1))
+        if self.per_token_timesteps:
+            timestep_proj = timestep_proj.unsqueeze(1)
         return Conditioning(temb=temb, timestep_proj=timestep_proj, text=text,
                             rotary=self.rotary(grid, frame_offset), grid=grid)
 

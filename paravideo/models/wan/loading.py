@@ -10,35 +10,11 @@ import torch
 
 from paravideo.errors import ModelLoadError
 
-REQUIRED_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 _WEIGHTS = "diffusion_pytorch_model.safetensors"
 _INDEX = "diffusion_pytorch_model.safetensors.index.json"
 # Config dtype names (model.dtype) to torch dtypes.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LAYER_KEY = re.compile(r"^blocks\.(\d+)\.(.*)$")
-
-
-def check_model_folder(root: Path) -> dict:
-    """Check that `root` is a diffusers-format Wan T2V folder; return its transformer config."""
-    hint = "model.path must be a diffusers-format Wan2.1/2.2 T2V folder (with model_index.json) or builtin:tiny"
-    if not root.is_dir():
-        raise ModelLoadError(f"model.path {str(root)!r} is not a folder; {hint}")
-    if not (root / "model_index.json").is_file():
-        raise ModelLoadError(f"model.path {str(root)!r} has no model_index.json; {hint}")
-    missing = [part for part in REQUIRED_PARTS if not (root / part).is_dir()]
-    if missing:
-        raise ModelLoadError(f"model.path {str(root)!r} lacks the sub-folder(s) {', '.join(missing)}; {hint}")
-    tdir = root / "transformer"
-    try:
-        config = json.loads((tdir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"model.path: cannot read {tdir / 'config.json'}: {err}") from None
-    if config.get("_class_name") != "WanTransformer3DModel":
-        raise ModelLoadError(f"model.path: {tdir} holds a {config.get('_class_name')!r}, "
-                             "paravideo needs a WanTransformer3DModel (text-to-video)")
-    if not ((tdir / _WEIGHTS).is_file() or (tdir / _INDEX).is_file()):
-        raise ModelLoadError(f"model.path: {tdir} has neither {_WEIGHTS} nor {_INDEX} (safetensors weights)")
-    return config
 
 
 def _weight_files(tdir: Path) -> dict[str, Path]:
@@ -71,12 +47,13 @@ def stage_state_dict(tdir: Path, lo: int, hi: int) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_transformer_stage(root: Path, lo: int, hi: int, *, dtype: torch.dtype, device: torch.device):
-    """Build a WanTransformer3DModel holding only layers [lo, hi) (as blocks 0..hi-lo-1)."""
+def load_transformer_stage(root: Path, lo: int, hi: int, *, dtype: torch.dtype, device: torch.device,
+                           component: str = "transformer"):
+    """Build the WanTransformer3DModel of `component` holding only layers [lo, hi) (as blocks 0..hi-lo-1)."""
     from diffusers import WanTransformer3DModel
     from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
-    config = check_model_folder(root)
+    config = json.loads((root / component / "config.json").read_text())
     num_layers = config["num_layers"]
     if not 0 <= lo < hi <= num_layers:
         raise ModelLoadError(f"layer range [{lo}, {hi}) is outside the model's {num_layers} layers")
@@ -84,7 +61,7 @@ def load_transformer_stage(root: Path, lo: int, hi: int, *, dtype: torch.dtype, 
     init_args["num_layers"] = hi - lo
     with torch.device("meta"):
         model = WanTransformer3DModel(**init_args)
-    state = stage_state_dict(root / "transformer", lo, hi)
+    state = stage_state_dict(root / component, lo, hi)
     state = {k: v.to(_param_dtype(k, dtype, model)) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     # RoPE tables are non-persistent buffers, so the meta build left them empty: rebuild for real.
