@@ -66,3 +66,37 @@ def make_config(tmp_path):
         return parse_config(data)
 
     return build
+
+
+# model_index.json of a Wan2.1 text-to-video folder (the Wan-AI/*-Diffusers repositories).
+WAN_INDEX = {"_class_name": "WanPipeline", "_diffusers_version": "0.33.0.dev0",
+             "scheduler": ["diffusers", "UniPCMultistepScheduler"], "text_encoder": ["transformers", "UMT5EncoderModel"],
+             "tokenizer": ["transformers", "T5TokenizerFast"], "transformer": ["diffusers", "WanTransformer3DModel"],
+             "vae": ["diffusers", "AutoencoderKLWan"]}
+WAN_SCHEDULER = {"_class_name": "UniPCMultistepScheduler", "num_train_timesteps": 1000, "flow_shift": 3.0,
+                 "prediction_type": "flow_prediction", "use_flow_sigmas": True}
+
+
+def write_wan_folder(root: Path, transformer: dict, *, index: dict | None = None, vae: dict | None = None,
+                     parts: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+                     experts: tuple[str, ...] = ("transformer",), weights: bool = True) -> Path:
+    """A diffusers-format Wan folder holding configs and an empty weight index (shape and refusal checks)."""
+    import json
+
+    for part in parts:
+        (root / part).mkdir(parents=True, exist_ok=True)
+    (root / "model_index.json").write_text(json.dumps(WAN_INDEX if index is None else index))
+    if "vae" in parts:
+        (root / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan", **(vae or {})}))
+    if "scheduler" in parts:
+        (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(WAN_SCHEDULER))
+    for expert in experts:
+        if expert not in parts and expert != "transformer_2":
+            continue
+        (root / expert).mkdir(parents=True, exist_ok=True)
+        (root / expert / "config.json").write_text(json.dumps(transformer) if isinstance(transformer, dict)
+                                                   else transformer)
+        if weights:
+            (root / expert / "diffusion_pytorch_model.safetensors.index.json").write_text(
+                json.dumps({"metadata": {}, "weight_map": {}}))
+    return root

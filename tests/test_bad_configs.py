@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import BASE_CONFIG, deep_update
+from conftest import BASE_CONFIG, deep_update, write_wan_folder
 
 DROP = object()  # a value that removes the key from the base config
 FOLDER = "<model folder>"  # model.path placeholder: a broken model folder made by the case's `folder`
@@ -18,15 +18,8 @@ RAY = {"launcher": "ray", "nproc": 2}
 
 def _wan_folder(root: Path, *, parts=("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
                 config: str | None = None, weights: bool = True) -> Path:
-    for part in parts:
-        (root / part).mkdir(parents=True)
-    (root / "model_index.json").write_text("{}")
-    if "transformer" in parts:
-        (root / "transformer" / "config.json").write_text(
-            config if config is not None else json.dumps({"_class_name": "WanTransformer3DModel", "num_layers": 2}))
-        if weights:
-            (root / "transformer" / "diffusion_pytorch_model.safetensors.index.json").write_text('{"weight_map": {}}')
-    return root
+    transformer = config if config is not None else {"_class_name": "WanTransformer3DModel", "num_layers": 2}
+    return write_wan_folder(root, transformer, parts=parts, weights=weights)
 
 
 FOLDERS = {

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_wan_folder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # transformer/config.json of Wan-AI/Wan2.1-T2V-1.3B-Diffusers.
@@ -22,14 +23,7 @@ WAN13B_PARAMS = 1_418_996_800
 @pytest.fixture
 def fake_wan13b(tmp_path) -> Path:
     """A diffusers-format folder with Wan2.1-T2V-1.3B's configs and no weights (shape checks only)."""
-    root = tmp_path / "Wan2.1-T2V-1.3B-Diffusers"
-    for part in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
-        (root / part).mkdir(parents=True)
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
-    (root / "transformer" / "config.json").write_text(json.dumps(WAN13B_TRANSFORMER))
-    (root / "transformer" / "diffusion_pytorch_model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": {}}))
-    return root
+    return write_wan_folder(tmp_path / "Wan2.1-T2V-1.3B-Diffusers", WAN13B_TRANSFORMER)
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +38,8 @@ def test_example_config_passes_preflight(name, world, tiny_root):
     from paravideo.generate import preflight
 
     config = load_config(CONFIGS / name)
-    tconfig = preflight(config, world_size=world)
-    assert tconfig["num_layers"] == 4
+    factors = preflight(config, world_size=world)
+    assert factors.num_layers == 4 and factors.experts == ("transformer",)
 
 
 def test_cluster_config_validates_against_wan13b_shapes(fake_wan13b, capsys):
