@@ -20,7 +20,7 @@ from paravideo.models.family import inspect_model
 # Two blocks of 2 latent frames + 1 of 1, one context frame, the feature cache on; 4 steps (A14B: 2 per expert).
 BLOCKS = {"block_frames": 2, "context_frames": 1, "feature_cache": True}
 MODELS = {"tiny-a14b": {"video": {"num_frames": 17}, "sampling": {"steps": 4, "guidance_scale_2": 2.0}},
-          "tiny-ti2v": {"video": {"num_frames": 17, "height": 64, "width": 64}, "sampling": {"steps": 4}}}
+          "tiny-ti2v": {"video": {"num_frames": 17, "height": 128, "width": 128}, "sampling": {"steps": 4}}}
 
 
 def _sections(model: str, **extra) -> dict:

@@ -97,6 +97,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
 
 def sweep_points(sweep: SweepConfig, base: dict, out_dir: Path) -> list[SweepPoint]:
     """Every point's validated run config (all checked before anything runs)."""
+    from paravideo.generate import preflight
+
     points = []
     for plan, frames, ranks in itertools.product(sweep.axes.plans, sweep.axes.frames, sweep.axes.ranks):
         name = f"{plan.name}-f{frames}-r{ranks}"
@@ -106,6 +108,10 @@ def sweep_points(sweep: SweepConfig, base: dict, out_dir: Path) -> list[SweepPoi
             f"video.num_frames={frames}", f"parallel.pipeline={ranks}", "launch.launcher=local",
             f"launch.nproc={ranks}", f"output.dir={out_dir / 'runs' / name}", "output.overwrite=true",
             "output.progress=false", "output.trace=true", "parallel.stage_layers=null"])
-        points.append(SweepPoint(name=name, plan=plan.name, ranks=ranks, frames=frames,
-                                 config=parse_config(data, source=f"sweep point {name}")))
+        config = parse_config(data, source=f"sweep point {name}")
+        try:
+            preflight(config)  # the checks that need the model's factors (frame and size multiples)
+        except ConfigError as err:
+            raise ConfigError(f"sweep point {name}: {err}") from None
+        points.append(SweepPoint(name=name, plan=plan.name, ranks=ranks, frames=frames, config=config))
     return points
