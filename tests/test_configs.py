@@ -79,3 +79,51 @@ def test_validate_names_world_size_mismatch(tiny_root, capsys):
     assert main(["validate", "-c", str(CONFIGS / "ray_local.yaml"), "--world-size", "3"]) == 2
     err = capsys.readouterr().err
     assert "parallel.pipeline" in err and "launch.nproc" in err
+
+
+# transformer/config.json of Wan-AI/Wan2.2-T2V-A14B-Diffusers (both experts) and Wan2.2-TI2V-5B-Diffusers.
+WAN14B_TRANSFORMER = {**WAN13B_TRANSFORMER, "attention_head_dim": 128, "ffn_dim": 13824, "num_attention_heads": 40,
+                      "num_layers": 40, "pos_embed_seq_len": None}
+TI2V_TRANSFORMER = {**WAN13B_TRANSFORMER, "ffn_dim": 14336, "num_attention_heads": 24, "in_channels": 48,
+                    "out_channels": 48, "pos_embed_seq_len": None}
+TI2V_VAE = {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "is_residual": True, "in_channels": 12,
+            "out_channels": 12, "patch_size": 2, "scale_factor_spatial": 16, "scale_factor_temporal": 4,
+            "latents_mean": [0.0] * 48, "latents_std": [1.0] * 48}
+
+
+def _validate(path: Path, folder: Path, capsys) -> dict:
+    from paravideo.cli import main
+
+    assert main(["validate", "-c", str(path), "--world-size", "8", "--set", f"model.path={folder}"]) == 0
+    return json.loads(capsys.readouterr().out)["plan"]
+
+
+def test_wan22_a14b_config_validates_with_both_experts_on_every_rank(tmp_path, capsys):
+    from conftest import WAN_INDEX
+
+    index = {**WAN_INDEX, "transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": 0.875}
+    folder = write_wan_folder(tmp_path / "Wan2.2-T2V-A14B-Diffusers", WAN14B_TRANSFORMER, index=index,
+                              experts=("transformer", "transformer_2"))
+    plan = _validate(CONFIGS / "wan22_a14b_1025f.yaml", folder, capsys)
+    assert plan["model"]["experts"] == ["transformer", "transformer_2"] and plan["model"]["boundary_ratio"] == 0.875
+    assert plan["frames"]["latent"] == 257 and plan["world_size"] == 8
+    # Two 14B experts in bf16 (~57 GB together): each of 8 ranks holds 5 layers of each (plus each expert's
+    # shared modules, the modulation tables in fp32), about 4 GB per expert.
+    assert 5.5e10 < plan["model"]["params"] * 2 < 6.0e10
+    for rank in plan["ranks"]:
+        per_expert = rank["weight_bytes_by_expert"]
+        assert set(per_expert) == {"transformer", "transformer_2"}
+        assert sum(per_expert.values()) == rank["weight_bytes"] and 3.5e9 < per_expert["transformer"] < 4.5e9
+
+
+def test_wan22_ti2v_config_validates_with_its_factors(tmp_path, capsys):
+    from conftest import WAN_INDEX
+
+    folder = write_wan_folder(tmp_path / "Wan2.2-TI2V-5B-Diffusers", TI2V_TRANSFORMER, vae=TI2V_VAE,
+                              index={**WAN_INDEX, "expand_timesteps": True})
+    plan = _validate(CONFIGS / "wan22_ti2v_720p.yaml", folder, capsys)
+    model = plan["model"]
+    assert (model["latent_channels"], model["spatial_stride"], model["timestep_form"]) == (48, 16, "per_token")
+    assert plan["frames"]["latent"] == 121 and [s["ranks"] for s in plan["stages"]][0] == [0, 1]
+    assert 4.5e9 < model["params"] < 5.5e9  # the 5B DiT
+
