@@ -22,3 +22,11 @@ class RankFailure(ParavideoError):
         self.cause = cause
         # Seconds from the supervisor noticing the failure until every rank had ended.
         self.teardown_s = teardown_s
+
+
+def describe_error(err: BaseException) -> str:
+    """One line naming an error's cause: our own errors by their message, others as `Type: message`."""
+    if isinstance(err, ParavideoError):
+        return str(err)
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else f"{type(err).__name__} (raised without a message)"

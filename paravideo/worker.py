@@ -15,7 +15,7 @@ import torch
 
 from paravideo.config import RunConfig
 from paravideo.driver import BlockDriver
-from paravideo.errors import ParavideoError
+from paravideo.errors import describe_error
 from paravideo.io.checkpoint import Checkpointer
 from paravideo.io.sink import PARTIAL_NAME, VideoSink
 from paravideo.io.stream import FrameStream
@@ -319,7 +319,7 @@ def run_rank(config: RunConfig, ctx: DistContext) -> RunReport | None:
 
 def _write_failure(worker: Worker, err: BaseException) -> None:
     cfg = worker.config
-    message = f"rank {worker.ctx.rank}: {type(err).__name__}: {err}"
+    message = f"rank {worker.ctx.rank}: {describe_failure(err)}"
     output = getattr(worker, "_output", None)
     try:
         factors = getattr(worker, "factors", None)  # None when the model folder was never read
@@ -331,6 +331,4 @@ def _write_failure(worker: Worker, err: BaseException) -> None:
 
 def describe_failure(err: BaseException) -> str:
     """A one-line cause for an error raised in a rank."""
-    if isinstance(err, ParavideoError):
-        return str(err)
-    return f"{type(err).__name__}: {err}"
+    return describe_error(err)

@@ -246,3 +246,23 @@ def test_builtin_wan22_folders_are_diffusers_layouts():
     assert ti2v["expand_timesteps"] is True
     vae = json.loads((ensure_builtin("tiny-ti2v") / "vae" / "config.json").read_text())
     assert (vae["z_dim"], vae["is_residual"], vae["scale_factor_spatial"], vae["patch_size"]) == (48, True, 16, 2)
+
+
+def test_cost_model_counts_both_experts_and_the_models_strides(make_config):
+    from paravideo.report.memory import memory_by_rank
+    from paravideo.report.profiles import load_profile
+    from paravideo.report.scenario import DecodeShape, Scenario
+    from paravideo.report.shapes import DiTShape, stage_param_bytes
+
+    tiny, a14b = (DiTShape.from_folder(ensure_builtin(m)) for m in ("tiny", "tiny-a14b"))
+    assert (tiny.experts, a14b.experts) == (1, 2)
+    assert stage_param_bytes(a14b, 2, 4) == 2 * stage_param_bytes(tiny, 2, 4)
+    ti2v = DiTShape.from_folder(ensure_builtin("tiny-ti2v"))
+    assert (ti2v.in_channels, ti2v.spatial_stride, ti2v.time_stride) == (48, 16, 4)
+    scenario = Scenario.from_config(make_config(model={"path": "builtin:tiny-ti2v"}, video={"height": 64, "width": 96}))
+    assert (scenario.latent_frames, scenario.latent_height, scenario.latent_width) == (5, 4, 6)
+    profile = load_profile("cpu-local")
+    one, two = (memory_by_rank(Scenario.from_config(make_config(model={"path": f"builtin:{m}"})), profile,
+                               DecodeShape())
+                for m in ("tiny", "tiny-a14b"))
+    assert two[0].weights == 2 * one[0].weights

@@ -8,6 +8,7 @@ import threading
 
 import torch
 
+from paravideo.errors import describe_error
 from paravideo.io.sink import VideoSink
 from paravideo.io.vae_stream import StreamingDecoder, to_uint8_frames
 from paravideo.report.recorder import IO, Recorder
@@ -76,7 +77,7 @@ class FrameStream:
 
     def _raise_pending(self) -> None:
         if self._error is not None:
-            raise RuntimeError(f"decoding or writing the video failed: {self._error}") from self._error
+            raise RuntimeError(f"decoding or writing the video failed: {describe_error(self._error)}") from self._error
 
     def flush(self) -> None:
         """Wait until every emitted block is decoded and written (raises what the decode thread hit)."""
