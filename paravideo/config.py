@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,15 @@ def _limit(why: str) -> dict:
     return {"json_schema_extra": {"limit_reason": why}}
 
 
+def _path_like(value: str | None) -> str | None:
+    # The OS would refuse these only at first use, after the models load, with a raw traceback.
+    if value is not None and not value.strip():
+        raise ValueError("must not be empty (name a folder)")
+    if value is not None and "\0" in value:
+        raise ValueError("must not contain a NUL character (\\0); no file system allows one in a path")
+    return value
+
+
 def _not_blank(value: str | None) -> str | None:
     if value is not None and not value.strip():
         raise ValueError("must not be empty or whitespace only (the model needs text to condition on)")
@@ -54,6 +64,7 @@ class ModelConfig(_Section):
     def _path_known(cls, value: str) -> str:
         from paravideo.models.builtin import BUILTIN_SPECS
 
+        _path_like(value)
         if value.startswith("builtin:") and value.removeprefix("builtin:") not in BUILTIN_SPECS:
             raise ValueError(f"unknown built-in model {value!r}; choose one of "
                              + ", ".join(f"builtin:{n}" for n in BUILTIN_SPECS))
@@ -186,6 +197,8 @@ class LaunchConfig(_Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Ray placement group strategy for the ranks' bundles")
 
+    _temp_dir_path = field_validator("ray_temp_dir")(_path_like)
+
     @field_validator("ray_address")
     @classmethod
     def _ray_address_form(cls, value: str) -> str:
@@ -221,6 +234,8 @@ class OutputConfig(_Section):
     trace: bool = Field(False, description="also write trace.json (Chrome/Perfetto), one track per rank")
     fetch_to_driver: bool = Field(False, description="ray: copy video.mp4 and run.json to output.dir on the "
                                   "driver when rank 0 ran on another machine")
+
+    _dir_path = field_validator("dir")(_path_like)
 
 
 class RunConfig(_Section):
@@ -301,8 +316,11 @@ def _limit_reason(loc: tuple) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+    # reprlib, not repr: a value built by the caller may share sub-lists, and repr would expand every share.
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = short.maxlong = 60
+    short.maxlevel, short.maxlist, short.maxdict = 2, 4, 4
+    return short.repr(value)
 
 
 def _format_error(err: ValidationError, source: str) -> str:
