@@ -161,16 +161,16 @@ class BlocksConfig(_Section):
 class ParallelConfig(_Section):
     pipeline: int = Field(1, ge=1, le=MAX_RANKS, description="pipeline stages (parallel.patch ranks each)")
     stage_layers: list[int] | None = Field(None, description="layers per stage, e.g. [3, 5]; default balanced by cost")
-    patch: int = Field(1, ge=1, le=MAX_RANKS, description="bands of token rows each block is cut into, one rank each per stage; "
-                       "ranks = pipeline x patch")
+    patch: int = Field(1, ge=1, le=MAX_RANKS, description="bands of token rows each block is cut into, one rank "
+                       "each per stage; ranks = pipeline x patch")
     patch_mode: Literal["exact", "distrifusion", "pcpp"] = Field(
         "exact", description="exact = every band sees fresh K/V of all bands (the one-rank result); "
         "distrifusion = after warm-up, one-step-stale K/V of all other bands; pcpp = after warm-up, "
         "one-step-stale K/V of only the nearest pcpp_fraction of each adjacent band's rows")
     pcpp_fraction: float = Field(0.3, gt=0.0, le=1.0, description="pcpp: fraction of an adjacent band's rows "
                                  "a band attends to (and receives)")
-    warmup_steps: int = Field(4, ge=1, le=1000, description="distrifusion / pcpp: each block's first steps exchange fresh "
-                              "K/V synchronously (step 0 has no stale K/V)")
+    warmup_steps: int = Field(4, ge=1, le=1000, description="distrifusion / pcpp: each block's first steps "
+                              "exchange fresh K/V synchronously (step 0 has no stale K/V)")
 
 
 class LaunchConfig(_Section):
@@ -184,14 +184,14 @@ class LaunchConfig(_Section):
     ray_address: str = Field("auto", description="auto = the running cluster (RAY_ADDRESS or a local head), "
                              "else start a local Ray instance; local = always a private local instance; "
                              "HOST:PORT or ray://HOST:PORT = that cluster")
-    ray_connect_timeout_s: float = Field(5.0, gt=0, le=3600.0, description="how long the pre-flight check waits for "
-                                         "the Ray address to answer")
-    ray_num_cpus: int | None = Field(None, ge=1, le=1 << 16, description="CPUs of a local Ray instance started here "
-                                     "(default: all cores)")
+    ray_connect_timeout_s: float = Field(5.0, gt=0, le=3600.0, description="how long the pre-flight check "
+                                         "waits for the Ray address to answer")
+    ray_num_cpus: int | None = Field(None, ge=1, le=1 << 16, description="CPUs of a local Ray instance "
+                                     "started here (default: all cores)")
     ray_temp_dir: str | None = Field(None, description="temp dir of a local Ray instance started here "
                                      "(default: a fresh one, removed afterwards)")
-    ray_cpus_per_rank: float = Field(1.0, ge=0, le=1024.0, description="CPUs each rank's actor reserves (0 in tests on "
-                                     "small machines)")
+    ray_cpus_per_rank: float = Field(1.0, ge=0, le=1024.0, description="CPUs each rank's actor reserves (0 "
+                                     "in tests on small machines)")
     resources: dict[str, float] = Field(default_factory=dict, description="extra Ray resources each rank's "
                                         "actor reserves, e.g. {my_gpu_pool: 1}")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(

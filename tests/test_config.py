@@ -147,7 +147,8 @@ def test_billion_laughs_is_refused_quickly_and_small(tmp_path):
 
 @pytest.mark.parametrize("text, where", [
     ("video:\n  prompt: a\nvideo:\n  prompt: b\n", "line 3: duplicate key video (first set on line 1)"),
-    ("video:\n  prompt: a\n  num_frames: 17\n  prompt: b\n", "line 4: duplicate key video.prompt (first set on line 2)"),
+    ("video:\n  prompt: a\n  num_frames: 17\n  prompt: b\n",
+     "line 4: duplicate key video.prompt (first set on line 2)"),
     ("video:\n  prompts:\n    - from_frame: 0\n      text: a\n      text: b\n",
      "line 5: duplicate key video.prompts[0].text (first set on line 4)"),
     ("video: {prompt: a, prompt: b}\n", "line 1: duplicate key video.prompt (first set on line 1)"),
