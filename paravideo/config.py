@@ -3,17 +3,48 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from paravideo.config_yaml import RefusedYAML, load_yaml_file, parse_yaml
 from paravideo.errors import ConfigError
+
+# Upper bounds on what scales time and memory: far above any real run, far below what exhausts a machine.
+MAX_SIDE = 4096  # pixels: 4K; Wan was trained at up to 1280x720, and attention grows with the square of the pixels
+MAX_FRAMES = 16385  # 4k+1: over 17 minutes at 16 fps; each block's noise and latents grow with the video
+MAX_TEXT_TOKENS = 1024  # Wan was trained with 512; every cross-attention attends to all of them, padding included
+MAX_SEED = 2**32 - 1  # the seed is mixed with block numbers (seed * 1000003 + block) into torch's 64-bit seed
+MAX_RANKS = 1024  # per degree and launch.nproc: a typo of 10**6 would spawn that many processes
+MAX_TIMEOUT_S = 86400.0  # one day: no wait in a run is legitimately longer; ~1e14 s overflows timedelta
+
+
+def _limit(why: str) -> dict:
+    """Field kwargs that make a range error also say why the limit is there (`_format_error` appends it)."""
+    return {"json_schema_extra": {"limit_reason": why}}
+
+
+def _path_like(value: str | None) -> str | None:
+    # The OS would refuse these only at first use, after the models load, with a raw traceback.
+    if value is not None and not value.strip():
+        raise ValueError("must not be empty (name a folder)")
+    if value is not None and "\0" in value:
+        raise ValueError("must not contain a NUL character (\\0); no file system allows one in a path")
+    return value
+
+
+def _not_blank(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("must not be empty or whitespace only (the model needs text to condition on)")
+    return value
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    # allow_inf_nan=False: .inf / .nan in any float field (guidance, timeouts, resources) is a typo or an attack.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -21,13 +52,16 @@ class ModelConfig(_Section):
                       "Wan2.2-T2V-A14B, Wan2.2-TI2V-5B), or builtin:tiny / small / tiny-a14b / tiny-ti2v")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="DiT compute dtype")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
-    text_max_length: int = Field(512, ge=1, description="prompt tokens (Wan was trained with 512)")
+    text_max_length: int = Field(512, ge=1, le=MAX_TEXT_TOKENS, description="prompt tokens (Wan was trained "
+                                 "with 512)", **_limit("every cross-attention attends to all of them, "
+                                                       "padding included"))
 
     @field_validator("path")
     @classmethod
     def _path_known(cls, value: str) -> str:
         from paravideo.models.builtin import BUILTIN_SPECS
 
+        _path_like(value)
         if value.startswith("builtin:") and value.removeprefix("builtin:") not in BUILTIN_SPECS:
             raise ValueError(f"unknown built-in model {value!r}; choose one of "
                              + ", ".join(f"builtin:{n}" for n in BUILTIN_SPECS))
@@ -38,21 +72,30 @@ class PromptSpan(_Section):
     from_frame: int = Field(ge=0, description="first output frame this prompt conditions")
     text: str = Field(min_length=1, description="the prompt")
 
+    _text_not_blank = field_validator("text")(_not_blank)
+
 
 class VideoConfig(_Section):
     prompt: str | None = Field(None, description="the prompt for the whole video")
     prompts: list[PromptSpan] | None = Field(None, description="a prompt schedule (alternative to prompt)")
     negative_prompt: str = Field("", description="classifier-free guidance's negative prompt")
-    num_frames: int = Field(17, ge=1, description="output frames, Tk+1 for the model's VAE time stride T "
-                            "(Wan: 4k+1; checked against the model folder)")
-    height: int = Field(64, ge=16, description="pixels, a multiple of VAE stride x patch (Wan2.1: 16, "
-                        "Wan2.2-TI2V-5B: 32; checked against the model folder)")
-    width: int = Field(64, ge=16, description="pixels, a multiple of VAE stride x patch, like height")
+    num_frames: int = Field(17, ge=1, le=MAX_FRAMES, description="output frames, Tk+1 for the model's VAE time "
+                            "stride T (Wan: 4k+1; checked against the model folder)",
+                            **_limit("over 17 minutes at 16 fps; longer runs: generate parts and join them"))
+    height: int = Field(64, ge=16, le=MAX_SIDE, description="pixels, a multiple of VAE stride x patch (Wan2.1: 16, "
+                        "Wan2.2-TI2V-5B: 32; checked against the model folder)",
+                        **_limit("4K; attention memory grows with the square of the pixel count"))
+    width: int = Field(64, ge=16, le=MAX_SIDE, description="pixels, a multiple of VAE stride x patch, like height",
+                       **_limit("4K; attention memory grows with the square of the pixel count"))
     fps: int = Field(16, ge=1, le=240, description="frames per second of the mp4")
+
+    _prompt_not_blank = field_validator("prompt")(_not_blank)
 
     @model_validator(mode="after")
     def _one_prompt_source(self) -> VideoConfig:
-        if (self.prompt is None) == (self.prompts is None):
+        if self.prompt is None and self.prompts is None:  # also `prompt:` with nothing after it (null in YAML)
+            raise ValueError("video.prompt is missing or empty; set exactly one of video.prompt or video.prompts")
+        if self.prompt is not None and self.prompts is not None:
             raise ValueError("set exactly one of video.prompt or video.prompts")
         if self.prompts is not None:
             starts = [span.from_frame for span in self.prompts]
@@ -71,14 +114,21 @@ class VideoConfig(_Section):
 
 
 class SamplingConfig(_Section):
-    steps: int = Field(20, ge=1, le=1000, description="denoising steps")
-    guidance_scale: float = Field(5.0, ge=0.0, description="classifier-free guidance; <= 1 disables it")
-    guidance_scale_2: float | None = Field(None, ge=0.0, description="two-expert models (Wan2.2-T2V-A14B): "
-                                           "guidance of the low-noise expert; default: guidance_scale")
+    steps: int = Field(20, ge=1, le=1000, description="denoising steps",
+                       **_limit("the schedulers are defined on 1000 training timesteps"))
+    guidance_scale: float = Field(5.0, ge=0.0, le=100.0, description="classifier-free guidance; <= 1 disables it",
+                                  **_limit("Wan uses 3 to 6; far larger values overflow the prediction"))
+    guidance_scale_2: float | None = Field(None, ge=0.0, le=100.0, description="two-expert models "
+                                           "(Wan2.2-T2V-A14B): guidance of the low-noise expert; default: "
+                                           "guidance_scale",
+                                           **_limit("Wan uses 3 to 6; far larger values overflow the prediction"))
     scheduler: Literal["default", "unipc", "flow_euler", "dpm"] = Field(
         "default", description="default = the checkpoint's scheduler config")
-    flow_shift: float | None = Field(None, gt=0.0, description="override the scheduler's flow shift")
-    seed: int = Field(0, ge=0, description="seeds the noise pool; same seed, same video")
+    flow_shift: float | None = Field(None, gt=0.0, le=100.0, description="override the scheduler's flow shift",
+                                     **_limit("Wan uses 3 to 12; larger values put every step at pure noise"))
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the noise pool; same seed, same video",
+                      **_limit("2**32 - 1; the seed is combined with block numbers into torch's 64-bit "
+                               "generator seed"))
 
 
 class BlocksConfig(_Section):
@@ -89,42 +139,45 @@ class BlocksConfig(_Section):
 
 
 class ParallelConfig(_Section):
-    pipeline: int = Field(1, ge=1, description="pipeline stages (parallel.patch ranks each)")
+    pipeline: int = Field(1, ge=1, le=MAX_RANKS, description="pipeline stages (parallel.patch ranks each)")
     stage_layers: list[int] | None = Field(None, description="layers per stage, e.g. [3, 5]; default balanced by cost")
-    patch: int = Field(1, ge=1, description="bands of token rows each block is cut into, one rank each per stage; "
-                       "ranks = pipeline x patch")
+    patch: int = Field(1, ge=1, le=MAX_RANKS, description="bands of token rows each block is cut into, one rank "
+                       "each per stage; ranks = pipeline x patch")
     patch_mode: Literal["exact", "distrifusion", "pcpp"] = Field(
         "exact", description="exact = every band sees fresh K/V of all bands (the one-rank result); "
         "distrifusion = after warm-up, one-step-stale K/V of all other bands; pcpp = after warm-up, "
         "one-step-stale K/V of only the nearest pcpp_fraction of each adjacent band's rows")
     pcpp_fraction: float = Field(0.3, gt=0.0, le=1.0, description="pcpp: fraction of an adjacent band's rows "
                                  "a band attends to (and receives)")
-    warmup_steps: int = Field(4, ge=1, description="distrifusion / pcpp: each block's first steps exchange fresh "
-                              "K/V synchronously (step 0 has no stale K/V)")
+    warmup_steps: int = Field(4, ge=1, le=1000, description="distrifusion / pcpp: each block's first steps "
+                              "exchange fresh K/V synchronously (step 0 has no stale K/V)")
 
 
 class LaunchConfig(_Section):
     launcher: Literal["inline", "local", "torchrun", "ray"] = Field(
         "inline", description="inline = this process; local = spawn launch.nproc workers here; "
         "ray = one Ray actor per rank")
-    nproc: int = Field(1, ge=1, description="workers (ranks) for the local and ray launchers")
-    threads_per_rank: int = Field(1, ge=1, description="torch CPU threads per worker")
-    timeout_s: float = Field(300.0, gt=0, description="a rank waiting longer than this fails the run")
+    nproc: int = Field(1, ge=1, le=MAX_RANKS, description="workers (ranks) for the local and ray launchers")
+    threads_per_rank: int = Field(1, ge=1, le=1024, description="torch CPU threads per worker")
+    timeout_s: float = Field(300.0, gt=0, le=MAX_TIMEOUT_S, description="a rank waiting longer than this fails "
+                             "the run", **_limit("one day; no single wait in a run is legitimately longer"))
     ray_address: str = Field("auto", description="auto = the running cluster (RAY_ADDRESS or a local head), "
                              "else start a local Ray instance; local = always a private local instance; "
                              "HOST:PORT or ray://HOST:PORT = that cluster")
-    ray_connect_timeout_s: float = Field(5.0, gt=0, description="how long the pre-flight check waits for "
-                                         "the Ray address to answer")
-    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance started here "
-                                     "(default: all cores)")
+    ray_connect_timeout_s: float = Field(5.0, gt=0, le=3600.0, description="how long the pre-flight check "
+                                         "waits for the Ray address to answer")
+    ray_num_cpus: int | None = Field(None, ge=1, le=1 << 16, description="CPUs of a local Ray instance "
+                                     "started here (default: all cores)")
     ray_temp_dir: str | None = Field(None, description="temp dir of a local Ray instance started here "
                                      "(default: a fresh one, removed afterwards)")
-    ray_cpus_per_rank: float = Field(1.0, ge=0, description="CPUs each rank's actor reserves (0 in tests on "
-                                     "small machines)")
+    ray_cpus_per_rank: float = Field(1.0, ge=0, le=1024.0, description="CPUs each rank's actor reserves (0 "
+                                     "in tests on small machines)")
     resources: dict[str, float] = Field(default_factory=dict, description="extra Ray resources each rank's "
                                         "actor reserves, e.g. {my_gpu_pool: 1}")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Ray placement group strategy for the ranks' bundles")
+
+    _temp_dir_path = field_validator("ray_temp_dir")(_path_like)
 
     @field_validator("ray_address")
     @classmethod
@@ -161,6 +214,8 @@ class OutputConfig(_Section):
     trace: bool = Field(False, description="also write trace.json (Chrome/Perfetto), one track per rank")
     fetch_to_driver: bool = Field(False, description="ray: copy video.mp4 and run.json to output.dir on the "
                                   "driver when rank 0 ran on another machine")
+
+    _dir_path = field_validator("dir")(_path_like)
 
 
 class RunConfig(_Section):
@@ -228,18 +283,44 @@ def _unknown_key(loc: tuple) -> str:
     return ("unknown key" + (f"; did you mean {close[0]!r}?" if close else "") + f" (valid keys here: {', '.join(keys)})")
 
 
+def _limit_reason(loc: tuple) -> str:
+    """The `_limit` reason of the field at `loc`, or ''."""
+    section: type[BaseModel] = RunConfig
+    for part in loc:
+        field = section.model_fields.get(str(part))
+        if field is None:
+            return ""
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            section = field.annotation
+    extra = field.json_schema_extra if field is not None else None
+    return extra.get("limit_reason", "") if isinstance(extra, dict) else ""
+
+
+def _shown(value: Any) -> str:
+    # reprlib, not repr: a value built by the caller may share sub-lists, and repr would expand every share.
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = short.maxlong = 60
+    short.maxlevel, short.maxlist, short.maxdict = 2, 4, 4
+    return short.repr(value)
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for item in err.errors():
         # Cross-field checks have no location of their own; their messages name the fields.
         field = ".".join(str(p) for p in item["loc"])
         msg = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
+        kind = item["type"]
+        if kind == "extra_forbidden":
             msg = _unknown_key(item["loc"])
-        elif item["type"] == "missing":
+        elif kind == "missing":
             msg = "required field is missing"
-        lines.append(f"  {field + ': ' if field else ''}{msg}"
-                     + (f" (got {item['input']!r})" if item["type"].endswith("_type") else ""))
+        elif kind == "finite_number":
+            msg = "must be a finite number (.inf and .nan are not allowed)"
+        elif kind in ("less_than_equal", "less_than") and (why := _limit_reason(item["loc"])):
+            msg += f" ({why})"
+        shown = kind.endswith("_type") or kind in ("finite_number", "less_than_equal", "less_than")
+        lines.append(f"  {field + ': ' if field else ''}{msg}" + (f" (got {_shown(item['input'])})" if shown else ""))
     return "\n".join(lines)
 
 
@@ -250,9 +331,11 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: malformed key {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = parse_yaml(raw) if raw else ""
+    except RefusedYAML as err:
+        raise ConfigError(f"--set {item!r}: {err}; to pass it as text, quote it: --set 'KEY=\"...\"'") from None
     except yaml.YAMLError:
-        value = raw
+        value = raw  # not YAML at all: take the text as given (e.g. a prompt with a colon)
     return key.split("."), value
 
 
@@ -282,16 +365,9 @@ def parse_config(data: Any, *, source: str = "(dict)") -> RunConfig:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config file (safe loader), apply overrides, validate."""
+    """Load a YAML config file (bounded safe loader), apply overrides, validate."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    data = load_yaml_file(path)
     data = {} if data is None else data
     if isinstance(data, dict):
         data = apply_overrides(data, overrides or [])

@@ -8,6 +8,7 @@ from typing import get_args, get_origin
 from pydantic import BaseModel
 
 from paravideo.config import RunConfig
+from paravideo.config_yaml import MAX_CONFIG_BYTES
 
 
 def _type_name(annotation) -> str:
@@ -18,7 +19,36 @@ def _type_name(annotation) -> str:
     if str(origin).endswith("Literal"):
         return " \\| ".join(f"`{a}`" for a in get_args(annotation))
     names = [_type_name(a) for a in args]
-    return f"{getattr(origin, '__name__', str(origin))}[{', '.join(names)}]" if origin is list else " \\| ".join(names)
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(names)}]"
+    return " \\| ".join(names)
+
+
+def _bounds(field) -> str:
+    """The field's numeric range as an interval, e.g. ` in [16, 4096]` or ` > 0` ('' when unbounded)."""
+    lo = hi = None
+    for item in field.metadata:
+        for attr, sign in (("ge", "["), ("gt", "(")):
+            if getattr(item, attr, None) is not None:
+                lo = (sign, getattr(item, attr))
+        for attr, sign in (("le", "]"), ("lt", ")")):
+            if getattr(item, attr, None) is not None:
+                hi = (sign, getattr(item, attr))
+    if lo and hi:
+        return f" in {lo[0]}{_num(lo[1])}, {_num(hi[1])}{hi[0]}"
+    if lo:
+        return f" {'>=' if lo[0] == '[' else '>'} {_num(lo[1])}"
+    return f" {'<=' if hi[0] == ']' else '<'} {_num(hi[1])}" if hi else ""
+
+
+def _num(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _meaning(field) -> str:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    why = extra.get("limit_reason")
+    return (field.description or "") + (f" (limit: {why})" if why else "")
 
 
 def _default(field) -> str:
@@ -35,8 +65,11 @@ def config_reference() -> str:
         model = sfield.annotation
         assert isinstance(model, type) and issubclass(model, BaseModel)
         for name, field in model.model_fields.items():
-            lines.append(f"| `{section}.{name}` | {_type_name(field.annotation)} | {_default(field)} | "
-                         f"{field.description or ''} |")
+            lines.append(f"| `{section}.{name}` | {_type_name(field.annotation)}{_bounds(field)} | "
+                         f"{_default(field)} | {_meaning(field)} |")
+    lines += ["", "Floats must be finite (`.inf` and `.nan` are refused); prompts must not be blank. A config file "
+              f"is UTF-8 text of at most {MAX_CONFIG_BYTES >> 20} MiB, without YAML aliases (`*name`) or duplicate "
+              "keys; `--set` values go through the same checks."]
     return "\n".join(lines)
 
 

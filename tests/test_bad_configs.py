@@ -88,6 +88,43 @@ CASES = [
     ("top_level_list", "- video\n- model\n", [], ["top level must be a mapping"]),
     ("malformed_override", {}, ["sampling.steps"], ["--set", "KEY=VALUE"]),
     ("override_into_value", {}, ["sampling.steps.max=3"], ["--set", "'steps' is not a section"]),
+    # Hostile or absurd input (issue 11, item 7): refused by the loader or the schema, before anything loads.
+    ("yaml_aliases", "video:\n  prompt: &a [x, x]\n  negative_prompt: [*a, *a]\n", [],
+     ["config.yaml, line 3", "YAML aliases (*a) are not supported"]),
+    ("duplicate_key_top", "video:\n  prompt: a\nsampling:\n  steps: 2\nvideo:\n  prompt: b\n", [],
+     ["config.yaml, line 5", "duplicate key video", "first set on line 1"]),
+    ("duplicate_key_nested", "video:\n  prompt: a\nsampling:\n  steps: 2\n  seed: 1\n  steps: 3\n", [],
+     ["config.yaml, line 6", "duplicate key sampling.steps", "first set on line 4"]),
+    ("not_utf8", b"video:\n  prompt: caf\xe9\n", [], ["config.yaml is not UTF-8", "byte 0xe9 at offset 20", "line 2"]),
+    ("over_1_mib", "video:\n  prompt: x\n" + "#" * (1 << 20) + "\n", [], ["config.yaml is larger than 1 MiB"]),
+    ("nesting_bomb", "video:\n  prompt: " + "[" * 200 + "]" * 200 + "\n", [],
+     ["config.yaml, line 2", "nesting deeper"]),
+    ("int_beyond_python", "video:\n  prompt: x\nsampling:\n  seed: " + "9" * 5000 + "\n", [],
+     ["config.yaml", "unreadable value", "4300 digits"]),
+    ("guidance_inf", {"sampling": {"guidance_scale": float("inf")}}, [],
+     ["sampling.guidance_scale", "finite number", "got inf"]),
+    ("guidance_inf_override", {}, ["sampling.guidance_scale=.inf"], ["sampling.guidance_scale", "finite number"]),
+    ("guidance_nan_override", {}, ["sampling.guidance_scale=.nan"], ["sampling.guidance_scale", "finite number"]),
+    ("alias_in_override", {}, ["video.prompt=[&a [x, x], *a, *a]"], ["--set", "YAML aliases (*a)"]),
+    ("seed_2_64", {"sampling": {"seed": 2**64}}, [], ["sampling.seed", "less than or equal to 4294967295",
+                                                       "64-bit generator seed"]),
+    ("seed_2_64_override", {}, ["sampling.seed=18446744073709551616"], ["sampling.seed", "4294967295"]),
+    ("seed_negative", {"sampling": {"seed": -1}}, [], ["sampling.seed", "greater than or equal to 0"]),
+    ("prompt_empty", {"video": {"prompt": ""}}, [], ["video.prompt", "must not be empty"]),
+    ("prompt_whitespace", {"video": {"prompt": " \t\n "}}, [], ["video.prompt", "must not be empty"]),
+    ("prompt_empty_override", {}, ["video.prompt=\"\""], ["video.prompt", "must not be empty"]),
+    ("prompt_null", {"video": {"prompt": None}}, [], ["video.prompt is missing or empty"]),
+    ("prompts_text_blank", {"video": {"prompt": DROP, "prompts": [{"from_frame": 0, "text": "a"},
+                                                                 {"from_frame": 8, "text": "   "}]}}, [],
+     ["video.prompts.1.text", "must not be empty"]),
+    ("frames_8192_square", {"video": {"height": 8192, "width": 8192}}, [],
+     ["video.height", "video.width", "less than or equal to 4096", "square of the pixel count"]),
+    ("frames_huge_count", {"video": {"num_frames": 4 * 10**6 + 1}}, [], ["video.num_frames", "16385"]),
+    ("text_max_length_huge", {"model": {"text_max_length": 10**9}}, [],
+     ["model.text_max_length", "less than or equal to 1024", "cross-attention"]),
+    ("timeout_overflow", {"launch": {"timeout_s": 1e300}}, [], ["launch.timeout_s", "86400"]),
+    ("nproc_huge", {"launch": {"launcher": "local", "nproc": 10**6}}, [], ["launch.nproc", "1024"]),
+    ("output_dir_nul", {}, ["output.dir=\"/tmp/a\\0b\""], ["output.dir", "NUL"]),
 ]
 
 
@@ -99,8 +136,8 @@ def _without_drops(data):
 
 def _write_config(tmp_path: Path, changes) -> Path:
     path = tmp_path / "config.yaml"
-    if isinstance(changes, str):
-        path.write_text(changes)
+    if isinstance(changes, (str, bytes)):
+        path.write_bytes(changes.encode() if isinstance(changes, str) else changes)
         return path
     changes = dict(changes)
     folder = changes.pop("folder", None)

@@ -8,6 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from paravideo.config_yaml import load_yaml_file
 from paravideo.errors import ConfigError
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "configs" / "profiles"
@@ -73,7 +74,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         raise ConfigError(f"unknown hardware profile {name_or_path!r}; use a YAML file or one of "
                           + ", ".join(available_profiles()))
     try:
-        return HardwareProfile.model_validate(yaml.safe_load(path.read_text()))
+        return HardwareProfile.model_validate(load_yaml_file(path))
     except ValidationError as err:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"invalid hardware profile {path}: {fields}") from None

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from paravideo.config import RunConfig, apply_overrides, parse_config
+from paravideo.config_yaml import load_yaml_file
 from paravideo.errors import ConfigError
 
 
@@ -77,21 +77,14 @@ class SweepPoint:
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, dict]:
     """The sweep file and its base config's raw data (overrides applied), validated."""
     path = Path(path)
+    raw = load_yaml_file(path) or {}  # the config loader's bounds; errors name the file
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
         sweep = SweepConfig.model_validate(raw)
-    except OSError as err:
-        raise ConfigError(f"cannot read sweep file {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"sweep file {path} is not valid YAML: {err}") from None
     except ValidationError as err:
         lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()]
         raise ConfigError(f"invalid sweep file {path}:\n" + "\n".join(lines)) from None
     base_path = (path.parent / sweep.base) if not Path(sweep.base).is_absolute() else Path(sweep.base)
-    try:
-        base = yaml.safe_load(base_path.read_text()) or {}
-    except OSError as err:
-        raise ConfigError(f"sweep base config {base_path}: {err.strerror}") from None
+    base = load_yaml_file(base_path) or {}
     return sweep, apply_overrides(base, list(sweep.set) + list(overrides or []))
 
 
