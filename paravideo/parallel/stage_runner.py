@@ -31,7 +31,7 @@ class Geometry:
     width: int  # latent
     batch: int
     dim: int
-    patch_hw: tuple[int, int] = (2, 2)  # latent pixels per token (rows, cols)
+    patch_hw: tuple[int, int]  # latent pixels per token (rows, cols): the model's DiT patch
     band: Band | None = None  # this rank's token rows; None = the whole frame
 
     @property
