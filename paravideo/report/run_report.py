@@ -41,8 +41,15 @@ class RunReport:
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON via a temp file and rename, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk: no half-written temp file left, one clear error
+        from paravideo.io.write_error import write_error
+
+        raise write_error(err, path, path.parent) from err
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_run_report(out_dir: Path, report: RunReport) -> Path:
