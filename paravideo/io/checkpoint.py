@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -70,11 +71,16 @@ def save_checkpoint(out_dir: Path, state: dict) -> Path:
     """Write `state` atomically (temp file, then rename): a crash mid-write keeps the previous one."""
     path = Path(out_dir) / CHECKPOINT_NAME
     tmp = path.with_name(f".{CHECKPOINT_NAME}.tmp")
+    # Serialised in memory first: torch's zip writer reports a failed write (a full disk) only as an
+    # opaque RuntimeError, while a plain file write raises the OSError that says what happened.
+    buffer = io.BytesIO()
+    torch.save({"version": FORMAT_VERSION, **state}, buffer)
     try:
-        torch.save({"version": FORMAT_VERSION, **state}, tmp)
+        tmp.write_bytes(buffer.getbuffer())
         os.replace(tmp, path)
     except OSError as err:
-        raise write_error(err, path, out_dir, note="the previous checkpoint is kept") from err
+        kept = "the previous checkpoint is kept" if path.exists() else ""
+        raise write_error(err, path, out_dir, note=kept) from err
     finally:
         tmp.unlink(missing_ok=True)
     return path
