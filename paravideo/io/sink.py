@@ -41,6 +41,7 @@ class VideoSink:
         self.segments: list[str] = []  # finished segments, oldest first (names under segments/)
         self.path: Path | None = self.dir / PARTIAL_NAME
         self._writer: FfmpegWriter | None = None
+        self._restored_frames: int | None = None  # frames_written right after a resume's load_state
         if frames_png:
             (self.dir / "frames").mkdir(exist_ok=True)
 
@@ -104,7 +105,7 @@ class VideoSink:
     def load_state(self, state: dict) -> None:
         """Continue after the segments of `state`; later segments and partial files are dropped."""
         self.segments = list(state["segments"])
-        self.frames_written = int(state["frames_written"])
+        self.frames_written = self._restored_frames = int(state["frames_written"])
         seg_dir = self.dir / SEGMENT_DIR
         missing = [s for s in self.segments if not (seg_dir / s).is_file()]
         if missing:
@@ -121,6 +122,12 @@ class VideoSink:
         """
         if complete:
             return self._close(FINAL_NAME, keep_segments)
+        earlier = self.dir / INCOMPLETE_NAME
+        if self.frames_written == self._restored_frames and self._writer is None and earlier.is_file():
+            # A resume that failed before writing a frame: the stopped run's video holds at least as
+            # much, and it is not this run's to replace.
+            self.path = earlier
+            return earlier
         try:
             return self._close(INCOMPLETE_NAME, keep_segments)
         except OutputWriteError as err:
