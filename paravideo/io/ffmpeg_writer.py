@@ -7,16 +7,15 @@ error lines and raises `EncodeFailed` from `send` or `close` when ffmpeg did not
 
 from __future__ import annotations
 
-import collections
 import os
 import subprocess
-import threading
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-STDERR_LINES = 20  # ffmpeg's last lines kept for the error message
+STDERR_LINES = 5  # ffmpeg's last lines quoted in the error message
 
 
 class EncodeFailed(Exception):
@@ -41,15 +40,18 @@ class FfmpegWriter:
                "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-v", "error", "-crf", "18",
                os.path.abspath(self.path)]
         # Its own session: a Ctrl-C to the job does not kill ffmpeg, which then finalises the file on EOF.
+        # Its messages go to an unnamed temp file, not a pipe: if this process dies, ffmpeg still
+        # finalises the file without meeting a closed pipe on the way.
+        self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, start_new_session=True)
-        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
-        self._drain = threading.Thread(target=self._read_stderr, name="paravideo-ffmpeg-stderr", daemon=True)
-        self._drain.start()
+                                      stderr=self._stderr, start_new_session=True)
+        self._failure: str | None = None
 
-    def _read_stderr(self) -> None:
-        for line in self._proc.stderr:
-            self._stderr.append(line.decode(errors="replace").rstrip())
+    def _messages(self) -> str:
+        """ffmpeg's last lines of output."""
+        self._stderr.seek(0)
+        lines = self._stderr.read().decode(errors="replace").strip().splitlines()
+        return "; ".join(line.strip() for line in lines[-STDERR_LINES:])
 
     def send(self, frame_hwc: np.ndarray) -> None:
         """Pipe one frame to ffmpeg; raises EncodeFailed if ffmpeg has exited."""
@@ -60,7 +62,11 @@ class FfmpegWriter:
             raise EncodeFailed(f"ffmpeg stopped reading frames ({err})") from err
 
     def close(self) -> None:
-        """Send EOF, wait for ffmpeg to write the trailer; raises EncodeFailed if it failed."""
+        """Send EOF, wait for ffmpeg to write the trailer; raises EncodeFailed if it failed (every call)."""
+        if self._failure is not None or self._stderr.closed:
+            if self._failure is not None:
+                raise EncodeFailed(self._failure)
+            return
         try:
             self._proc.stdin.close()
         except OSError:
@@ -71,7 +77,8 @@ class FfmpegWriter:
             self._proc.kill()
             self._proc.wait()
             raise
-        self._drain.join()
+        detail = self._messages()
+        self._stderr.close()
         if code != 0:
-            detail = "; ".join(self._stderr) or f"ffmpeg exited with code {code}"
-            raise EncodeFailed(detail)
+            self._failure = detail or f"ffmpeg exited with code {code}"
+            raise EncodeFailed(self._failure)
