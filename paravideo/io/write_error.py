@@ -17,8 +17,11 @@ _PHRASE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota ex
            errno.EFBIG: "the file is too large for the file system"}
 
 
-class OutputWriteError(ParavideoError):
-    """Writing a file of the run's output folder failed (disk full, quota, read-only, I/O error)."""
+class OutputWriteError(ParavideoError, OSError):
+    """Writing a file of the run's output folder failed (disk full, quota, read-only, I/O error).
+
+    Also an OSError, so code that tolerates a failed write (best-effort reports) tolerates this one.
+    """
 
     def __init__(self, message: str, *, path: Path, errno_: int | None):
         super().__init__(message)

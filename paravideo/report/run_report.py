@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,4 +69,7 @@ def mark_failed(out_dir: Path, error: str) -> None:
         data = {"complete": False, "frames": 0}
     data["complete"] = False
     data["error"] = error
-    write_json_atomic(path, data)
+    try:
+        write_json_atomic(path, data)
+    except OSError as err:  # best effort (a full disk): the failure itself is what gets reported
+        print(f"paravideo: could not record the failure in {path}: {err}", file=sys.stderr, flush=True)
