@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from paravideo.config import RunConfig
 from paravideo.errors import ConfigError, ModelLoadError
 from paravideo.launch import launch, under_torchrun
+from paravideo.io.checkpoint import check_resumable
 from paravideo.models.builtin import resolve_model_path
 from paravideo.models.factors import ModelFactors
-from paravideo.output_dir import prepare_output_dir
+from paravideo.output_dir import ensure_writable_dir, prepare_output_dir
+from paravideo.output_lock import OutputLock
 from paravideo.report.run_report import RunReport
 
 
@@ -59,11 +63,29 @@ def generate(config: RunConfig) -> RunReport | None:
         import os
 
         preflight(config, world_size=int(os.environ["WORLD_SIZE"]))
-        if os.environ.get("RANK") == "0":
-            prepare_output_dir(config.output.dir, overwrite=config.output.overwrite,
-                               resume=config.output.resume)
+        if os.environ.get("RANK") != "0":
+            return launch(config)
+    else:
+        preflight(config)
+    # This process (the CLI for inline and local, rank 0 under torchrun, the driver with Ray) holds
+    # the folder's lock until the run has ended, however it ends.
+    with claim_output_dir(config):
         return launch(config)
-    preflight(config)
-    prepare_output_dir(config.output.dir, overwrite=config.output.overwrite,
-                               resume=config.output.resume)
-    return launch(config)
+
+
+def claim_output_dir(config: RunConfig) -> OutputLock:
+    """Make output.dir writable and this run's own (lock), check a resume, clear an earlier run's files.
+
+    Returns the held lock; everything here happens before any model loads.
+    """
+    out = config.output
+    ensure_writable_dir(out.dir)
+    lock = OutputLock.acquire(out.dir)
+    try:
+        prepare_output_dir(out.dir, overwrite=out.overwrite, resume=out.resume)  # a resume deletes nothing
+        if out.resume:
+            check_resumable(Path(out.dir), config.resolved())
+    except BaseException:
+        lock.release()
+        raise
+    return lock

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,12 +12,33 @@ from paravideo.io.sink import FINAL_NAME, INCOMPLETE_NAME, PARTIAL_NAME, SEGMENT
 from paravideo.report.run_report import RUN_JSON
 
 RUN_FILES = (FINAL_NAME, INCOMPLETE_NAME, PARTIAL_NAME, RUN_JSON, "latents.pt", CHECKPOINT_NAME)
+PROBE_NAME = ".paravideo.write-probe"
+
+
+def ensure_writable_dir(path: str) -> Path:
+    """Create `path` if needed and prove a file can be made and removed in it; ConfigError otherwise.
+
+    Runs before any model loads, so a read-only or foreign folder fails in one line, not after loading.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output.dir {path!r} exists and is not a folder; choose another output.dir")
+    probe = out / f"{PROBE_NAME}.{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output.dir {path!r} is not writable: {err.strerror or err} ({err.filename or out}); "
+                          "choose a writable output.dir") from err
+    return out
 
 
 def prepare_output_dir(path: str, *, overwrite: bool, resume: bool = False) -> Path:
     """Create `path`; an earlier run's files there are an error, or removed when overwrite is set.
 
-    A resume keeps the checkpoint and the video segments it names, and drops the failed run's video.
+    A resume keeps everything: the checkpoint and its segments, and the failed run's video, which
+    the resumed run replaces only once it has written one of its own.
     """
     out = Path(path)
     if out.exists() and not out.is_dir():
@@ -25,8 +47,6 @@ def prepare_output_dir(path: str, *, overwrite: bool, resume: bool = False) -> P
         if not (out / CHECKPOINT_NAME).is_file():
             raise ConfigError(f"output.dir {path!r} holds no {CHECKPOINT_NAME} to resume from; only runs with "
                               "output.checkpoint_every > 0 can be resumed")
-        for name in (FINAL_NAME, INCOMPLETE_NAME, PARTIAL_NAME):
-            (out / name).unlink(missing_ok=True)
         return out
     earlier = [name for name in RUN_FILES if (out / name).exists()]
     if earlier and not overwrite:

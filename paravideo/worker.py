@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 import traceback
 from contextlib import ExitStack
@@ -325,6 +326,8 @@ def _write_failure(worker: Worker, err: BaseException) -> None:
         factors = getattr(worker, "factors", None)  # None when the model folder was never read
         plan = build_plan(cfg, factors) if factors is not None else None
         worker._report(plan, output, worker.recorder.t0, [], [], complete=False, error=message)
+    except ParavideoError as report_err:  # e.g. a full disk: one line, the run's own error follows
+        print(f"paravideo: could not record the failure in run.json: {report_err}", file=sys.stderr, flush=True)
     except Exception:  # noqa: BLE001 - never mask the original failure
         traceback.print_exc()
 

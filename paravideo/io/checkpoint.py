@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 
 import torch
 
+from paravideo.errors import ConfigError
+from paravideo.io.write_error import write_error
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
+VIDEO_SECTIONS = ("model", "video", "sampling", "blocks")  # what defines the frames (see video_defining)
 _PLAIN = (torch.Tensor, int, float, bool, str, type(None))
 
 
@@ -32,39 +36,118 @@ def load_scheduler_state(scheduler, state: dict) -> None:
 
 
 def video_defining(config: dict) -> dict:
-    """The part of a resolved config that shapes the video (how a run is launched may change on resume)."""
-    data = json.loads(json.dumps(config))
-    data.pop("launch", None)
-    for key in ("resume", "overwrite", "progress", "trace"):
-        data.get("output", {}).pop(key, None)
+    """The part of a resolved config that defines the video's frames: model, video, sampling, blocks.
+
+    Where the run writes (output.dir, however spelled), how it is launched and split over ranks
+    (launch, parallel) and what else it reports may change on resume; the model folder is compared
+    by its real path, and model.device not at all.
+    """
+    data = json.loads(json.dumps({key: config.get(key) for key in VIDEO_SECTIONS}))
+    model = data.get("model") or {}
+    model.pop("device", None)
+    path = model.get("path")
+    if isinstance(path, str) and not path.startswith("builtin:"):
+        model["path"] = os.path.realpath(os.path.expanduser(path))
     return data
+
+
+def config_differences(stored: dict, current: dict) -> list[str]:
+    """`field: stored -> current` for each video-defining field that differs (dotted names)."""
+    flat_a, flat_b = _flatten(video_defining(stored)), _flatten(video_defining(current))
+    return [f"{key}: {flat_a.get(key, '(unset)')!r} in the checkpoint, {flat_b.get(key, '(unset)')!r} now"
+            for key in sorted(set(flat_a) | set(flat_b)) if flat_a.get(key) != flat_b.get(key)]
+
+
+def _flatten(data, prefix: str = "") -> dict:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return {k.rstrip("."): v for k, v in out.items()}
 
 
 def save_checkpoint(out_dir: Path, state: dict) -> Path:
     """Write `state` atomically (temp file, then rename): a crash mid-write keeps the previous one."""
     path = Path(out_dir) / CHECKPOINT_NAME
     tmp = path.with_name(f".{CHECKPOINT_NAME}.tmp")
-    torch.save({"version": FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    # Serialised in memory first: torch's zip writer reports a failed write (a full disk) only as an
+    # opaque RuntimeError, while a plain file write raises the OSError that says what happened.
+    buffer = io.BytesIO()
+    torch.save({"version": FORMAT_VERSION, **state}, buffer)
+    try:
+        tmp.write_bytes(buffer.getbuffer())
+        os.replace(tmp, path)
+    except OSError as err:
+        kept = "the previous checkpoint is kept" if path.exists() else ""
+        raise write_error(err, path, out_dir, note=kept) from err
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
-def load_checkpoint(out_dir: Path) -> dict:
-    """Read a checkpoint with `weights_only=True` (tensors and plain data only, no code)."""
+def _unresumable(path: Path, why: str) -> ConfigError:
+    return ConfigError(f"{path} {why}, so output.dir {str(path.parent)!r} cannot be resumed; start a new run "
+                       "(there with output.overwrite: true, or into another output.dir)")
+
+
+def load_checkpoint(out_dir: Path, *, mmap: bool = False) -> dict:
+    """Read a checkpoint with `weights_only=True` (tensors and plain data only, no code).
+
+    With `mmap=True` tensors stay on disk until touched (reading only the config is cheap). A
+    damaged or foreign file raises ConfigError naming it, never torch's own traceback.
+    """
     path = Path(out_dir) / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CHECKPOINT_NAME} in {out_dir}: the run wrote no checkpoint "
                                 "(set output.checkpoint_every to make runs resumable)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {state.get('version')}, this paravideo reads "
-                         f"{FORMAT_VERSION}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except OSError as err:
+        raise _unresumable(path, f"cannot be read ({err.strerror or err})") from err
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
+        raise _unresumable(path, f"is damaged or not a paravideo checkpoint ({type(err).__name__}: "
+                           f"{str(err).strip().splitlines()[0] if str(err).strip() else 'unreadable'})") from None
+    if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
+        version = state.get("version") if isinstance(state, dict) else None
+        raise _unresumable(path, f"has checkpoint format {version}, this paravideo reads {FORMAT_VERSION}")
+    missing = [key for key in ("config_json", "iteration", "driver", "output") if key not in state]
+    if missing:
+        raise _unresumable(path, f"lacks {', '.join(missing)}")
+    try:
+        json.loads(state["config_json"])
+    except (TypeError, ValueError) as err:
+        raise _unresumable(path, f"holds an unreadable config ({err})") from None
     return state
 
 
 def checkpoint_config(out_dir: Path) -> dict:
-    """The resolved config a checkpointed run was started with."""
-    return json.loads(load_checkpoint(out_dir)["config_json"])
+    """The resolved config a checkpointed run was started with (tensors are not read)."""
+    return json.loads(load_checkpoint(out_dir, mmap=True)["config_json"])
+
+
+def check_resumable(out_dir: Path, config: dict) -> None:
+    """Before any model loads: the checkpoint in `out_dir` reads back, was written for the video that
+    `config` (resolved) describes, and every video segment it names is there and readable."""
+    from paravideo.io.sink import SEGMENT_DIR, check_segment
+
+    out_dir = Path(out_dir)
+    state = load_checkpoint(out_dir, mmap=True)
+    differences = config_differences(json.loads(state["config_json"]), config)
+    if differences:
+        raise ConfigError(f"the checkpoint in {out_dir} was written for another video ("
+                          + "; ".join(differences) + "); resume with `paravideo generate --resume DIR`, which "
+                          "reuses the checkpoint's config (--set may change only how the run is launched)")
+    try:
+        segments = list(state["output"]["sink"]["segments"])
+    except (KeyError, TypeError):
+        raise _unresumable(out_dir / CHECKPOINT_NAME, "names no video segments") from None
+    for name in segments:
+        why = check_segment(out_dir / SEGMENT_DIR / name)
+        if why:
+            raise ConfigError(f"video segment {out_dir / SEGMENT_DIR / name} is {why}, so output.dir "
+                              f"{str(out_dir)!r} cannot be resumed (the checkpoint needs it); start a new run "
+                              "(there with output.overwrite: true, or into another output.dir)")
 
 
 class Checkpointer:
@@ -98,9 +181,11 @@ class Checkpointer:
     def restore(self) -> int:
         """Load the checkpoint into the driver and output; returns the first forward to run."""
         state = load_checkpoint(self.out_dir)
-        if video_defining(json.loads(state["config_json"])) != video_defining(json.loads(self.config_json)):
-            raise ValueError(f"the checkpoint in {self.out_dir} was written by a run with another config; "
-                             "resume with `paravideo generate --resume DIR`, which reuses the checkpoint's config")
+        # generate's preflight has made this check before loading; a worker started another way repeats it.
+        differences = config_differences(json.loads(state["config_json"]), json.loads(self.config_json))
+        if differences:
+            raise ConfigError(f"the checkpoint in {self.out_dir} was written for another video ("
+                              + "; ".join(differences) + ")")
         self.driver.load_state(state["driver"])
         self.output.load_state(state["output"])
         return self.driver.applied + 1

@@ -8,7 +8,7 @@ import threading
 
 import torch
 
-from paravideo.errors import describe_error
+from paravideo.errors import ParavideoError, describe_error
 from paravideo.io.sink import VideoSink
 from paravideo.io.vae_stream import StreamingDecoder, to_uint8_frames
 from paravideo.report.recorder import IO, Recorder
@@ -76,6 +76,8 @@ class FrameStream:
                 return
 
     def _raise_pending(self) -> None:
+        if isinstance(self._error, ParavideoError):
+            raise self._error  # already one clear message (a full disk, say)
         if self._error is not None:
             raise RuntimeError(f"decoding or writing the video failed: {describe_error(self._error)}") from self._error
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +44,15 @@ class RunReport:
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON via a temp file and rename, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk: no half-written temp file left, one clear error
+        from paravideo.io.write_error import write_error
+
+        raise write_error(err, path, path.parent) from err
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_run_report(out_dir: Path, report: RunReport) -> Path:
@@ -63,4 +71,7 @@ def mark_failed(out_dir: Path, error: str) -> None:
         data = {"complete": False, "frames": 0}
     data["complete"] = False
     data["error"] = error
-    write_json_atomic(path, data)
+    try:
+        write_json_atomic(path, data)
+    except OSError as err:  # best effort (a full disk): the failure itself is what gets reported
+        print(f"paravideo: could not record the failure in {path}: {err}", file=sys.stderr, flush=True)
