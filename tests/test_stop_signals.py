@@ -1,0 +1,87 @@
+"""A stopped job stops: SIGTERM, SIGHUP and SIGKILL to `paravideo generate` end every rank, and the
+first two finalise the partial video and record the signal, as Ctrl-C does (real signals, real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from procfs import (LONG_RUN, TWO_RANKS, needs_proc, ranks_of, run_json, running, start_generate, stderr_of,
+                    wait_for_frames, wait_until, write_config)
+
+from paravideo.io.sink import read_video
+
+pytestmark = [pytest.mark.slow, needs_proc]
+
+
+def _kill_leftovers(procs) -> None:
+    """Test hygiene on failure: end what this test started, by pid."""
+    for proc in procs:
+        if running(proc):
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _assert_finalised(out: Path, signame: str) -> None:
+    assert not (out / "video.mp4").exists(), "a stopped run must not leave a finished-looking video"
+    assert len(read_video(out / "video.incomplete.mp4")) > 0  # finalised: it decodes
+    report = run_json(out)
+    assert report["complete"] is False
+    assert signame in report["error"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_stop_signal_to_local_launcher_stops_ranks_and_finalises(tmp_path, signum):
+    config, out = write_config(tmp_path, LONG_RUN, TWO_RANKS)
+    cli = start_generate(config, tmp_path)
+    ranks = []
+    try:
+        wait_for_frames(out)
+        ranks = wait_until(lambda: ranks_of(cli.pid) if len(ranks_of(cli.pid)) == 2 else None, 30, "two ranks")
+        cli.send_signal(signum)
+        assert cli.wait(timeout=90) == 128 + signum
+        wait_until(lambda: not any(running(p) for p in ranks), 30, "the ranks to end")
+    finally:
+        cli.kill()
+        _kill_leftovers(ranks)
+    name = signal.Signals(signum).name
+    _assert_finalised(out, f"interrupted by {name}")
+    err = stderr_of(tmp_path)
+    assert f"paravideo: interrupted by {name}" in err
+    assert "Traceback" not in err, err[-3000:]
+
+
+def test_sigkill_to_local_launcher_leaves_no_rank_running(tmp_path):
+    config, out = write_config(tmp_path, LONG_RUN, TWO_RANKS)
+    cli = start_generate(config, tmp_path)
+    ranks = []
+    try:
+        wait_for_frames(out)
+        ranks = wait_until(lambda: ranks_of(cli.pid) if len(ranks_of(cli.pid)) == 2 else None, 30, "two ranks")
+        cli.send_signal(signal.SIGKILL)
+        cli.wait(timeout=30)
+        # The ranks get a parent-death signal and finalise; the launcher's grace bounds it (10 s).
+        wait_until(lambda: not any(running(p) for p in ranks), 40, "the orphaned ranks to end")
+    finally:
+        _kill_leftovers(ranks)
+    # Rank 0 finalised what it had and said why it stopped.
+    _assert_finalised(out, "the launcher")
+
+
+def test_sigterm_to_inline_run_ends_cleanly(tmp_path):
+    config, out = write_config(tmp_path, LONG_RUN)
+    cli = start_generate(config, tmp_path)
+    try:
+        wait_for_frames(out)
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=90) == 128 + signal.SIGTERM
+    finally:
+        cli.kill()
+    _assert_finalised(out, "interrupted by SIGTERM")
+    err = stderr_of(tmp_path)
+    assert "paravideo: interrupted by SIGTERM" in err
+    assert "Traceback" not in err, err[-3000:]
