@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -72,6 +73,16 @@ def running(proc: Proc) -> bool:
     """The process still exists and is not a zombie."""
     info = _stat(proc.pid)
     return info is not None and info[2] == proc.start and info[1] not in ("Z", "X")
+
+
+def kill_leftovers(procs: list[Proc]) -> None:
+    """Test hygiene when a test fails: end the processes it started, by pid."""
+    for proc in procs:
+        if running(proc):
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def ranks_of(root: int) -> list[Proc]:

@@ -3,27 +3,16 @@ first two finalise the partial video and record the signal, as Ctrl-C does (real
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
 import pytest
-from procfs import (LONG_RUN, TWO_RANKS, needs_proc, ranks_of, run_json, running, start_generate, stderr_of,
-                    wait_for_frames, wait_until, write_config)
+from procfs import (LONG_RUN, TWO_RANKS, kill_leftovers, needs_proc, ranks_of, run_json, running, start_generate,
+                    stderr_of, wait_for_frames, wait_until, write_config)
 
 from paravideo.io.sink import read_video
 
 pytestmark = [pytest.mark.slow, needs_proc]
-
-
-def _kill_leftovers(procs) -> None:
-    """Test hygiene on failure: end what this test started, by pid."""
-    for proc in procs:
-        if running(proc):
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _assert_finalised(out: Path, signame: str) -> None:
@@ -47,7 +36,7 @@ def test_stop_signal_to_local_launcher_stops_ranks_and_finalises(tmp_path, signu
         wait_until(lambda: not any(running(p) for p in ranks), 30, "the ranks to end")
     finally:
         cli.kill()
-        _kill_leftovers(ranks)
+        kill_leftovers(ranks)
     name = signal.Signals(signum).name
     _assert_finalised(out, f"interrupted by {name}")
     err = stderr_of(tmp_path)
@@ -67,7 +56,7 @@ def test_sigkill_to_local_launcher_leaves_no_rank_running(tmp_path):
         # The ranks get a parent-death signal and finalise; the launcher's grace bounds it (10 s).
         wait_until(lambda: not any(running(p) for p in ranks), 40, "the orphaned ranks to end")
     finally:
-        _kill_leftovers(ranks)
+        kill_leftovers(ranks)
     # Rank 0 finalised what it had and said why it stopped.
     _assert_finalised(out, "the launcher")
 

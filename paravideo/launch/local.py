@@ -69,7 +69,7 @@ def launch_local(config: RunConfig) -> RunReport:
     except Interrupted as err:
         with deferred_stop_signals():
             _teardown(procs)
-            record_interrupt(config.output.dir, err)
+            record_interrupt(config.output.dir, str(err))
         raise
     finally:
         noticed = time.monotonic()

@@ -35,6 +35,9 @@ class Interrupted(BaseException):
         super().__init__(f"interrupted by {signal_name(signum)}")
         self.signum = signum
 
+    def __reduce__(self):
+        return type(self), (self.signum,)
+
     @property
     def exit_code(self) -> int:
         """The shell's convention for a process ended by this signal (130 for SIGINT, 143 for SIGTERM)."""
@@ -77,22 +80,24 @@ def raise_on_stop_signals(exc: type[Interrupted] = Interrupted) -> Iterator[None
 
 
 @contextmanager
-def deferred_stop_signals() -> Iterator[None]:
-    """Inside, stop signals are held; on leaving, the first one held goes to the handler that was in place.
+def deferred_stop_signals() -> Iterator[list[int]]:
+    """Inside, stop signals are held (in the list this yields); on leaving, the first one still held goes
+    to the handler that was in place. A caller that polls may take a held signal out of the list itself.
 
-    For steps that must not be cut in half: a teardown, a message written to the launcher's pipe.
+    For steps that must not be cut in half (a teardown, a message written to the launcher's pipe), and
+    for calls into native code that cannot pass on an exception raised by a handler (Ray's wait).
     (Blocking the signal with pthread_sigmask would not do: another thread could take it.)
     """
-    if not _in_main_thread():
-        yield
-        return
     held: list[int] = []
+    if not _in_main_thread():
+        yield held
+        return
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     for sig, old in previous.items():
         if old is not signal.SIG_IGN:
             signal.signal(sig, lambda signum, frame: held.append(signum))
     try:
-        yield
+        yield held
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -100,6 +105,33 @@ def deferred_stop_signals() -> Iterator[None]:
             previous[held[0]](held[0], None)
         elif held and previous[held[0]] is signal.SIG_DFL:
             os.kill(os.getpid(), held[0])
+
+
+def raise_held(held: list[int]) -> None:
+    """Raise Interrupted for the first signal `deferred_stop_signals` held, taking them all out."""
+    if held:
+        signum = held[0]
+        held.clear()
+        raise Interrupted(signum)
+
+
+@contextmanager
+def keep_stop_handlers() -> Iterator[None]:
+    """Put back, on leaving, the Python stop-signal handlers in place on entering.
+
+    For calls that install their own (ray.init: a SIGTERM handler that exits at once, then Ray's
+    native one that aborts with a stack dump), so a stop still ends the job cleanly.
+    """
+    if not _in_main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            if callable(old) and signal.getsignal(sig) is not old:
+                signal.signal(sig, old)
 
 
 def die_with_launcher(launcher_pid: int, *, grace_s: float, signum: int = signal.SIGTERM) -> None:

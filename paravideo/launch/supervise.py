@@ -12,7 +12,7 @@ from typing import Callable
 from paravideo.config import RunConfig
 from paravideo.errors import RankFailure
 from paravideo.io.sink import INCOMPLETE_NAME, PARTIAL_NAME
-from paravideo.launch.stop import Interrupted, raise_on_stop_signals
+from paravideo.launch.stop import raise_on_stop_signals
 from paravideo.report.run_report import mark_failed
 
 TEARDOWN_GRACE_S = 10.0
@@ -127,9 +127,10 @@ def fail_run(out_dir: str | Path, errors: list[tuple[int, str, str]], silent: di
     return RankFailure(rank, cause, teardown_s=teardown_s)
 
 
-def record_interrupt(out_dir: str | Path, err: Interrupted) -> None:
-    """After the ranks of an interrupted job ended: finalise an orphaned mp4, mark run.json "interrupted by ..."."""
+def record_interrupt(out_dir: str | Path, cause: str) -> None:
+    """After the ranks of an interrupted job ended: finalise an orphaned mp4, record `cause` ("interrupted
+    by SIGTERM") in run.json."""
     out_dir = Path(out_dir)
     if out_dir.is_dir():
         finalize_orphan_video(out_dir)
-        mark_failed(out_dir, str(err))
+        mark_failed(out_dir, cause)
