@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from procfs import (LONG_RUN, TWO_RANKS, kill_leftovers, needs_proc, ranks_of, run_json, running, start_generate,
+from procfs import (LONG_RUN, TWO_RANKS, descendants, kill_leftovers, needs_proc, ranks_of, run_json, running, start_generate,
                     stderr_of, wait_for_frames, wait_until, write_config)
 
 from paravideo.io.sink import read_video
@@ -74,3 +74,26 @@ def test_sigterm_to_inline_run_ends_cleanly(tmp_path):
     err = stderr_of(tmp_path)
     assert "paravideo: interrupted by SIGTERM" in err
     assert "Traceback" not in err, err[-3000:]
+
+
+def test_sigterm_to_ray_launcher_ends_cleanly(tmp_path):
+    pytest.importorskip("ray")
+    ray_ranks = {"parallel": {"pipeline": 2},
+                 "launch": {"launcher": "ray", "nproc": 2, "ray_address": "local", "ray_num_cpus": 2,
+                            "ray_cpus_per_rank": 0}}
+    config, out = write_config(tmp_path, LONG_RUN, ray_ranks)
+    cli = start_generate(config, tmp_path, RAY_AUTH_MODE="disabled")
+    started = []
+    try:
+        wait_for_frames(out)
+        started = descendants(cli.pid)  # the private Ray instance and the rank actors
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=90) == 128 + signal.SIGTERM
+        wait_until(lambda: not any(running(p) for p in started), 60, "Ray's processes to end")
+    finally:
+        cli.kill()
+        kill_leftovers(started)
+    _assert_finalised(out, "interrupted by SIGTERM")
+    err = stderr_of(tmp_path)
+    assert "paravideo: interrupted by SIGTERM" in err
+    assert "Traceback" not in err and "SIGTERM received" not in err, err[-3000:]  # no native stack dump

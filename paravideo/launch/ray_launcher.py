@@ -19,6 +19,7 @@ from paravideo.report.run_report import RUN_JSON, RunReport
 
 # Ray rejects bundles that ask for nothing; a rank that needs no CPU (tests) still reserves this much.
 MIN_BUNDLE_CPU = 0.01
+LOOPBACK = "127.0.0.1"
 POLL_S = 1.0  # the driver wakes this often while ranks run, so Ctrl-C is noticed
 # Called once every rank is placed, with (rank, placement) in rank order (progress displays, tests).
 OnPlaced = Callable[[list[tuple[int, Placement]]], None]
@@ -67,9 +68,11 @@ def _run_ranks(config: RunConfig, by_rank: dict, driver: Placement | None, on_pl
 
     world = len(by_rank)
     actor0, where0, _ = by_rank[0]
-    port = ray.get(actor0.rendezvous_port.remote())
-    # The process group's store listens on rank 0's node; every rank dials its routable address.
-    addr = where0.ip
+    # The process group's store listens on rank 0's node, on the address every rank dials: loopback
+    # when all ranks share rank 0's machine, else that node's address (never every interface).
+    one_machine = all(where.machine == where0.machine for _, where, _ in by_rank.values())
+    addr = LOOPBACK if one_machine else where0.ip
+    port = ray.get(actor0.rendezvous_port.remote(addr))
     for rank, (_, where, local) in by_rank.items():
         print(f"paravideo: rank {rank} (local {local}) on {where.host} {where.ip} pid {where.pid}; "
               f"rendezvous {addr}:{port}", file=sys.stderr, flush=True)
