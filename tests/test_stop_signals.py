@@ -41,7 +41,8 @@ def test_stop_signal_to_local_launcher_stops_ranks_and_finalises(tmp_path, signu
     _assert_finalised(out, f"interrupted by {name}")
     err = stderr_of(tmp_path)
     assert f"paravideo: interrupted by {name}" in err
-    assert "Traceback" not in err, err[-3000:]
+    for spew in ("Traceback", "terminate called", "leaked semaphore"):  # nothing but the one line
+        assert spew not in err, err[-3000:]
 
 
 def test_sigkill_to_local_launcher_leaves_no_rank_running(tmp_path):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
+import threading
 import time
 from multiprocessing.connection import wait as wait_any
 
@@ -26,6 +28,12 @@ def _entry(config: RunConfig, rank: int, world: int, port: int, conn, launcher_p
     # the ranks itself (SIGTERM), so a rank is never cut at a random point by a second signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_launcher(launcher_pid, grace_s=TEARDOWN_GRACE_S)
+    # Progress bars (ours, the loaders') would lock with a multiprocessing semaphore, which a rank
+    # leaving through os._exit never releases (the resource tracker then warns): one process needs
+    # only a thread lock.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
     def deliver(message: tuple) -> None:
         with deferred_stop_signals():  # a message cut in half would be lost with its cause
@@ -43,7 +51,11 @@ def _entry(config: RunConfig, rank: int, world: int, port: int, conn, launcher_p
         if rank == 0 and isinstance(failure, Interrupted) and launcher_gone(launcher_pid):
             mark_failed(config.output.dir, f"stopped: the launcher (pid {launcher_pid}) ended without stopping "
                                            f"the ranks (e.g. it was killed with SIGKILL), so they were {failure}")
-        raise SystemExit(1) from failure  # the process exits without freeing the failed run's objects
+        # Leave without the interpreter's teardown: freeing a failed group's objects can block on
+        # communication that never completes, or abort on a wait still in flight in a helper thread.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def launch_local(config: RunConfig) -> RunReport:
