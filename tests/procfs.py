@@ -153,10 +153,12 @@ def start_generate(config: Path, tmp_path: Path, **env) -> subprocess.Popen:
 
 
 def stderr_of(tmp_path: Path) -> str:
+    """What the process from start_generate wrote to stderr."""
     return (tmp_path / "stderr.txt").read_text(errors="replace")
 
 
 def run_json(out: Path) -> dict:
+    """The run's run.json."""
     return json.loads((out / "run.json").read_text())
 
 
