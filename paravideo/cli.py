@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 
 from paravideo.errors import ConfigError, ParavideoError
+from paravideo.launch.stop import Interrupted, raise_on_stop_signals
 from paravideo.report import commands as report_commands
 
 
@@ -72,15 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"generate": _cmd_generate, "validate": _cmd_validate, "bench": report_commands.cmd_bench,
                 "plan": report_commands.cmd_plan}
+    # SIGTERM and SIGHUP (schedulers, a closed terminal) stop a job the way Ctrl-C does.
+    stops = raise_on_stop_signals() if args.command == "generate" else nullcontext()
     try:
-        return handlers[args.command](args)
+        with stops:
+            return handlers[args.command](args)
     except ParavideoError as err:
         print(f"paravideo: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("paravideo: interrupted; the video written so far is finalised as video.incomplete.mp4",
-              file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as err:
+        cause = str(err) if isinstance(err, Interrupted) else "interrupted"
+        print(f"paravideo: {cause}; the frames written so far, if any, are finalised as video.incomplete.mp4 "
+              "and run.json says complete: false", file=sys.stderr)
+        return err.exit_code if isinstance(err, Interrupted) else 130
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 import traceback
@@ -16,10 +15,11 @@ import torch
 
 from paravideo.config import RunConfig
 from paravideo.driver import BlockDriver
-from paravideo.errors import describe_error
+from paravideo.errors import ParavideoError, describe_error
 from paravideo.io.checkpoint import Checkpointer
 from paravideo.io.sink import PARTIAL_NAME, VideoSink
 from paravideo.io.stream import FrameStream
+from paravideo.launch.stop import Interrupted, raise_on_stop_signals
 from paravideo.models.builtin import resolve_model_path
 from paravideo.models.experts import ExpertChoice, ExpertStages
 from paravideo.models.factors import ModelFactors
@@ -44,12 +44,9 @@ from paravideo.schedule.sampler import SchedulerBank, make_scheduler
 FAULT_ENV = "PARAVIDEO_FAULT"  # "RANK:FORWARD": that rank raises before that forward (failure tests)
 
 
-class Terminated(BaseException):
-    """SIGTERM reached this worker (the launcher is tearing the job down)."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(f"received signal {signum}")
+class Terminated(Interrupted):
+    """A stop signal (SIGTERM, SIGHUP, SIGINT) reached this worker: the launcher is tearing the job down,
+    or the user or a scheduler stopped it. The driver finalises the video as on any failure."""
 
 
 @dataclass(frozen=True)
@@ -305,22 +302,24 @@ def _progress(config: RunConfig, total: int):
 
 
 def run_rank(config: RunConfig, ctx: DistContext) -> RunReport | None:
-    """Run this rank; on failure the driver still finalises the mp4 and writes run.json (complete: false)."""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    worker = Worker(config, ctx)
-    try:
-        return worker.run()
-    except BaseException as err:
-        if ctx.is_driver:
-            _write_failure(worker, err)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    """Run this rank; on failure the driver still finalises the mp4 and writes run.json (complete: false).
+
+    A stop signal raises Terminated wherever this rank is, so the same cleanup runs as for an error.
+    """
+    with raise_on_stop_signals(Terminated):
+        worker = Worker(config, ctx)
+        try:
+            return worker.run()
+        except BaseException as err:
+            if ctx.is_driver:
+                _write_failure(worker, err)
+            raise
 
 
 def _write_failure(worker: Worker, err: BaseException) -> None:
     cfg = worker.config
-    message = f"rank {worker.ctx.rank}: {describe_failure(err)}"
+    cause = describe_failure(err)
+    message = cause if isinstance(err, Interrupted) else f"rank {worker.ctx.rank}: {cause}"
     output = getattr(worker, "_output", None)
     try:
         factors = getattr(worker, "factors", None)  # None when the model folder was never read
@@ -333,5 +332,17 @@ def _write_failure(worker: Worker, err: BaseException) -> None:
 
 
 def describe_failure(err: BaseException) -> str:
-    """A one-line cause for an error raised in a rank."""
-    return describe_error(err)
+    """A one-line cause for an error raised in a rank, naming the innermost error it was raised from
+    (a loader's "Unable to load weights from <file>" says which file; the innermost error says why)."""
+    text = str(err) if isinstance(err, Interrupted) else describe_error(err)
+    root, seen = err, {id(err)}
+    while True:
+        inner = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
+        if inner is None or id(inner) in seen:
+            break
+        root = inner
+        seen.add(id(inner))
+    detail = str(root).strip().splitlines()[0][:300] if root is not err and str(root).strip() else ""
+    if detail and detail not in text:
+        text += f" (caused by {type(root).__name__}: {detail})"
+    return text

@@ -50,9 +50,9 @@ class RankActor:
         """This actor's node, address and process id."""
         return here()
 
-    def rendezvous_port(self) -> int:
-        """A port free on this node's address, for the process group's store (asked of rank 0 only)."""
-        return free_port(here().ip)
+    def rendezvous_port(self, host: str) -> int:
+        """A port free on `host` here, for the process group's store (asked of rank 0 only)."""
+        return free_port(host)
 
     def prepare_output(self, out_dir: str, overwrite: bool) -> None:
         """Rank 0 on a machine other than the driver's: apply the output folder rules there too."""

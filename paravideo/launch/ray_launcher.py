@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -11,11 +12,14 @@ from paravideo.errors import ConfigError, RankFailure
 from paravideo.io.sink import FINAL_NAME
 from paravideo.launch.ray_actor import Placement, RankActor, forwarded_env, here, signal_process
 from paravideo.launch.ray_session import ray_session
-from paravideo.launch.supervise import TEARDOWN_GRACE_S, record_failure, root_cause
+from paravideo.launch.stop import Interrupted, deferred_stop_signals, raise_held
+from paravideo.launch.supervise import (REPORT_GRACE_S, TEARDOWN_GRACE_S, is_secondary, record_failure,
+                                        record_interrupt, root_cause)
 from paravideo.report.run_report import RUN_JSON, RunReport
 
 # Ray rejects bundles that ask for nothing; a rank that needs no CPU (tests) still reserves this much.
 MIN_BUNDLE_CPU = 0.01
+LOOPBACK = "127.0.0.1"
 POLL_S = 1.0  # the driver wakes this often while ranks run, so Ctrl-C is noticed
 # Called once every rank is placed, with (rank, placement) in rank order (progress displays, tests).
 OnPlaced = Callable[[list[tuple[int, Placement]]], None]
@@ -26,8 +30,15 @@ def launch_ray(config: RunConfig, *, on_placed: OnPlaced | None = None) -> RunRe
     # Ranks may start in another folder (job working dir, another node): give them absolute paths.
     config = config.model_copy(update={"output": config.output.model_copy(
         update={"dir": str(Path(config.output.dir).expanduser().resolve())})})
-    with ray_session(config.launch):
-        return _run(config, on_placed)
+    try:
+        with ray_session(config.launch):
+            return _run(config, on_placed)
+    except SystemError as err:
+        # A stop signal while Ray's native code ran (placing, starting the ranks): Ray wraps the
+        # handler's exception; the actors are gone by now (_run kills them on every path).
+        if isinstance(err.__cause__, Interrupted):
+            raise err.__cause__ from None
+        raise
 
 
 def _run(config: RunConfig, on_placed: OnPlaced | None) -> RunReport:
@@ -57,9 +68,11 @@ def _run_ranks(config: RunConfig, by_rank: dict, driver: Placement | None, on_pl
 
     world = len(by_rank)
     actor0, where0, _ = by_rank[0]
-    port = ray.get(actor0.rendezvous_port.remote())
-    # The process group's store listens on rank 0's node; every rank dials its routable address.
-    addr = where0.ip
+    # The process group's store listens on rank 0's node, on the address every rank dials: loopback
+    # when all ranks share rank 0's machine, else that node's address (never every interface).
+    one_machine = all(where.machine == where0.machine for _, where, _ in by_rank.values())
+    addr = LOOPBACK if one_machine else where0.ip
+    port = ray.get(actor0.rendezvous_port.remote(addr))
     for rank, (_, where, local) in by_rank.items():
         print(f"paravideo: rank {rank} (local {local}) on {where.host} {where.ip} pid {where.pid}; "
               f"rendezvous {addr}:{port}", file=sys.stderr, flush=True)
@@ -70,7 +83,14 @@ def _run_ranks(config: RunConfig, by_rank: dict, driver: Placement | None, on_pl
         ray.get(actor0.prepare_output.remote(config.output.dir, config.output.overwrite))
     runs = {actor.run.remote(config, rank=rank, world=world, local_rank=local, addr=addr, port=port): rank
             for rank, (actor, _, local) in by_rank.items()}
-    messages, silent = _supervise(runs, {r: w for r, (_, w, _) in by_rank.items()}, driver)
+    try:
+        messages, silent = _supervise(runs, {r: w for r, (_, w, _) in by_rank.items()}, driver)
+    except Interrupted as err:
+        with deferred_stop_signals():  # _supervise asked every rank to stop and gave them the grace
+            for actor, _, _ in by_rank.values():
+                ray.kill(actor, no_restart=True)
+            _on_machine(where0, driver, record_interrupt, config.output.dir, str(err))
+        raise
     errors = [(m[1], m[2], m[3]) for m in messages if m[0] == "error"]
     if errors or silent:
         rank, cause = root_cause(errors, silent)
@@ -178,29 +198,49 @@ def _on_machine(where: Placement, driver: Placement | None, fn, *args, wait: boo
 def _supervise(runs: dict, placements: dict[int, Placement], driver: Placement | None) -> tuple[list, dict]:
     """Wait for every rank; at the first failure ask the others to stop, and give up on them after a grace.
 
-    Returns the ranks' messages and, per rank that died without one, how it died (ranks that died
-    before being asked to stop come first: they are the likelier cause).
+    When the first error is only a consequence of another rank's loss, the others get REPORT_GRACE_S
+    to report the cause first. Returns the ranks' messages and, per rank that died without one, how
+    it died (ranks that died before being asked to stop come first: they are the likelier cause).
     """
     import ray
 
     messages: list[tuple] = []
     deaths: dict[int, str] = {}
     pending = list(runs)
+    failed_at = None
     try:
-        while pending and not deaths and not any(m[0] == "error" for m in messages):
-            ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
-            for ref in ready:
-                _collect(ref, runs[ref], placements[runs[ref]], messages, deaths)
+        # A handler raising inside Ray's native wait surfaces as a SystemError: stops are polled instead.
+        with deferred_stop_signals() as stops:
+            while pending and not deaths:
+                raise_held(stops)
+                errors = [m for m in messages if m[0] == "error"]
+                if errors and failed_at is None:
+                    failed_at = time.monotonic()
+                if failed_at is not None and (any(not is_secondary(m[2]) for m in errors)
+                                              or time.monotonic() - failed_at > REPORT_GRACE_S):
+                    break
+                ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+                for ref in ready:
+                    _collect(ref, runs[ref], placements[runs[ref]], messages, deaths)
     finally:
         if pending:
-            late: dict[int, str] = {}
-            for ref in pending:
-                _on_machine(placements[runs[ref]], driver, signal_process, placements[runs[ref]].pid, wait=False)
-            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=TEARDOWN_GRACE_S)
-            for ref in ready:
-                _collect(ref, runs[ref], placements[runs[ref]], messages, late)
-            deaths.update((r, d) for r, d in late.items() if r not in deaths)
+            with deferred_stop_signals():  # a second stop signal must not cut the teardown short
+                _stop_ranks(pending, runs, placements, driver, messages, deaths)
     return messages, deaths
+
+
+def _stop_ranks(pending: list, runs: dict, placements: dict[int, Placement], driver: Placement | None,
+                messages: list, deaths: dict) -> None:
+    """Ask the ranks still running to stop (SIGTERM: they finalise their output), collect what they say."""
+    import ray
+
+    late: dict[int, str] = {}
+    for ref in pending:
+        _on_machine(placements[runs[ref]], driver, signal_process, placements[runs[ref]].pid, wait=False)
+    ready, _ = ray.wait(pending, num_returns=len(pending), timeout=TEARDOWN_GRACE_S)
+    for ref in ready:
+        _collect(ref, runs[ref], placements[runs[ref]], messages, late)
+    deaths.update((r, d) for r, d in late.items() if r not in deaths)
 
 
 def _collect(ref, rank: int, where: Placement, messages: list, deaths: dict) -> None:

@@ -12,6 +12,7 @@ from typing import Iterator
 from paravideo.config import LaunchConfig
 from paravideo.errors import ConfigError
 from paravideo.launch.ray_address import AUTO, LOCAL
+from paravideo.launch.stop import keep_stop_handlers
 
 # A private instance needs no login: it is reached only by this driver's own processes.
 LOCAL_INSTANCE_ENV = {"RAY_AUTH_MODE": "disabled"}
@@ -50,7 +51,9 @@ def ray_session(launch: LaunchConfig) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    if launch.ray_address != LOCAL and _connect(launch.ray_address):
+    with keep_stop_handlers():  # ray.init replaces the SIGTERM handler; the job's own must stay
+        connected = launch.ray_address != LOCAL and _connect(launch.ray_address)
+    if connected:
         try:
             yield
         finally:
@@ -58,7 +61,7 @@ def ray_session(launch: LaunchConfig) -> Iterator[None]:
         return
     temp_dir = launch.ray_temp_dir or tempfile.mkdtemp(prefix="paravideo-ray-")
     print(f"paravideo: starting a local Ray instance (temp dir {temp_dir})", file=sys.stderr, flush=True)
-    with _env(LOCAL_INSTANCE_ENV):
+    with _env(LOCAL_INSTANCE_ENV), keep_stop_handlers():
         ray.init(num_cpus=launch.ray_num_cpus, include_dashboard=False, _temp_dir=temp_dir)
     try:
         yield

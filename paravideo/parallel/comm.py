@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -16,6 +17,8 @@ from paravideo.report.recorder import IDLE, Recorder
 
 # Sends kept in flight before the oldest is waited on: enough to overlap, bounded in memory.
 MAX_SENDS_IN_FLIGHT = 4
+# How gloo words a wait that failed because the peer's connection went away.
+CLOSED_MARKS = ("Connection closed", "Connection reset", "pair closure", "Broken pipe")
 
 
 class Tag(IntEnum):
@@ -29,6 +32,26 @@ class Tag(IntEnum):
 
 class CommTimeout(ParavideoError):
     """A rank waited longer than launch.timeout_s for a peer."""
+
+
+class PeerLost(ParavideoError):
+    """A peer's connection closed while this rank waited on it (that rank ended or failed)."""
+
+
+def wait_failure(err: RuntimeError, *, rank: int, waited_s: float, timeout_s: float, what: str,
+                 peers: str) -> ParavideoError:
+    """The error for a failed wait: a timeout only when the bound was reached, else a lost peer.
+
+    A gloo wait also fails at once when the peer's connection closes; calling that a timeout would
+    send the user looking for a hang that never happened.
+    """
+    detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    closed = any(mark in detail for mark in CLOSED_MARKS)
+    if waited_s >= 0.9 * timeout_s and not closed:
+        return CommTimeout(f"rank {rank} waited over {timeout_s:.0f} s (launch.timeout_s) for {what} with "
+                           f"{peers} (one failed or hangs): {detail}")
+    return PeerLost(f"rank {rank} lost the connection to {peers} after waiting {waited_s:.1f} s for {what} "
+                    f"(that rank ended or failed): {detail}")
 
 
 def wait_work(work, timeout: datetime.timedelta, device: torch.device) -> None:
@@ -154,24 +177,26 @@ class P2P:
         works = [r.work for r in exchange.recvs] + [s[0] for s in exchange.sends]
         peers = sorted({r.src for r in exchange.recvs} | {s[2] for s in exchange.sends})
         with self.recorder.span(f"wait {exchange.what}", IDLE, peers=peers):
+            start = time.monotonic()
             try:
                 wait_works(works, self.timeout, self.device)
             except RuntimeError as err:
-                raise CommTimeout(f"rank {self.rank} waited over {self.timeout.total_seconds():.0f} s for "
-                                  f"{exchange.what} with ranks {peers} (one failed or hangs): "
-                                  f"{str(err).splitlines()[0][:200]}") from None
+                raise wait_failure(err, rank=self.rank, waited_s=time.monotonic() - start,
+                                   timeout_s=self.timeout.total_seconds(), what=exchange.what,
+                                   peers=f"rank {peers[0]}" if len(peers) == 1 else f"ranks {peers}") from None
         exchange.sends.clear()  # the sent tensors may be reused now
         return [r.buffer for r in exchange.recvs]
 
     def wait(self, pending: PendingRecv) -> torch.Tensor:
         """Block (as idle time) until the receive completes; raise CommTimeout past the bound."""
         with self.recorder.span(f"wait {pending.what}", IDLE, src=pending.src):
+            start = time.monotonic()
             try:
                 wait_work(pending.work, self.timeout, self.device)
             except RuntimeError as err:
-                raise CommTimeout(f"rank {self.rank} waited over {self.timeout.total_seconds():.0f} s for "
-                                  f"{pending.what} from rank {pending.src} (that rank failed or hangs): "
-                                  f"{str(err).splitlines()[0][:200]}") from None
+                raise wait_failure(err, rank=self.rank, waited_s=time.monotonic() - start,
+                                   timeout_s=self.timeout.total_seconds(), what=pending.what,
+                                   peers=f"rank {pending.src}") from None
         return pending.buffer
 
     def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src: int, *, what: str) -> torch.Tensor:
@@ -181,11 +206,13 @@ class P2P:
     def _wait_send(self, entry) -> None:
         work, _tensor, dst, kind = entry
         with self.recorder.span(f"send {kind}", IDLE, dst=dst):
+            start = time.monotonic()
             try:
                 wait_work(work, self.timeout, self.device)
             except RuntimeError as err:
-                raise CommTimeout(f"rank {self.rank} could not deliver {kind} to rank {dst} within "
-                                  f"{self.timeout.total_seconds():.0f} s: {str(err).splitlines()[0][:200]}") from None
+                raise wait_failure(err, rank=self.rank, waited_s=time.monotonic() - start,
+                                   timeout_s=self.timeout.total_seconds(), what=f"delivering {kind}",
+                                   peers=f"rank {dst}") from None
 
     def flush(self) -> None:
         """Wait for every send in flight."""

@@ -89,8 +89,13 @@ def init_distributed(device_pref: str, timeout_s: float) -> DistContext:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    from paravideo.launch.rendezvous import bind_gloo_to_job_interface, make_store
+
+    # Listen only where the job talks (loopback for a local run), not on every interface.
+    timeout = datetime.timedelta(seconds=timeout_s)
+    bind_gloo_to_job_interface()
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout,
+                            store=make_store(rank, world, timeout))
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, distributed=True)
 
 
