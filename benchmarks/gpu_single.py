@@ -7,7 +7,7 @@ The model is built here from diffusers classes (30 layers, hidden 1536, 12 heads
 4096; the real Wan VAE's shapes; a one-layer text encoder, since only the DiT is measured), saved
 once, and run in bf16 at 480x832 by (a) WanPipeline, (b) paravideo with the whole video as one
 block (the same work), (c) paravideo block-wise. DiT time is measured around every DiT call with
-the device synchronised; DiT FLOPs come from paravideo.report.flops (matmuls and attention).
+the device synchronised; DiT FLOPs come from paravideo.costmodel.flops (matmuls and attention).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from _runs import table
 
-from paravideo.report.cost_model import forward_dit_flops
-from paravideo.report.flops import text_projection_flops
-from paravideo.report.scenario import Scenario
-from paravideo.report.shapes import DiTShape
+from paravideo.costmodel.cost_model import forward_dit_flops
+from paravideo.costmodel.flops import text_projection_flops
+from paravideo.costmodel.scenario import Scenario
+from paravideo.costmodel.shapes import DiTShape
 
 FULL = {"dit": dict(num_layers=30, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, text_dim=4096,
                     freq_dim=256), "text": dict(d_model=4096, d_kv=64, num_heads=4, d_ff=256, num_layers=1),

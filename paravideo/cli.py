@@ -9,7 +9,8 @@ from contextlib import nullcontext
 
 from paravideo.errors import ConfigError, ParavideoError
 from paravideo.launch.stop import Interrupted, raise_on_stop_signals
-from paravideo.report import commands as report_commands
+from paravideo.bench import commands as bench_commands
+from paravideo.costmodel import commands as plan_commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--resume", metavar="OUT_DIR", default=None,
                      help="continue the stopped run in OUT_DIR from its checkpoint (needs no -c)")
     val.add_argument("--world-size", type=int, default=None, help="check the degrees against this many ranks")
-    report_commands.add_parsers(sub)
+    bench_commands.add_parser(sub)
+    plan_commands.add_parser(sub)
     return parser
 
 
@@ -61,7 +63,7 @@ def _cmd_validate(args) -> int:
     """Print the resolved config and the plan (ranks, stages, blocks, weight bytes); start no worker."""
     from paravideo.config import load_config
     from paravideo.generate import preflight
-    from paravideo.run_plan import describe_run
+    from paravideo.costmodel.run_plan import describe_run
 
     config = load_config(args.config, args.overrides)
     factors = preflight(config, world_size=args.world_size)
@@ -72,8 +74,8 @@ def _cmd_validate(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `paravideo` console script."""
     args = _parser().parse_args(argv)
-    handlers = {"generate": _cmd_generate, "validate": _cmd_validate, "bench": report_commands.cmd_bench,
-                "plan": report_commands.cmd_plan}
+    handlers = {"generate": _cmd_generate, "validate": _cmd_validate, "bench": bench_commands.cmd_bench,
+                "plan": plan_commands.cmd_plan}
     # SIGTERM and SIGHUP (schedulers, a closed terminal) stop a job the way Ctrl-C does.
     stops = raise_on_stop_signals() if args.command == "generate" else nullcontext()
     try:

@@ -228,7 +228,7 @@ class RunConfig(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     # Checks that need the model's factors (frame and size multiples, latent frames, token rows, experts)
-    # run at preflight: paravideo.model_checks.check_against_model.
+    # run at preflight: paravideo.models.checks.check_against_model.
     @model_validator(mode="after")
     def _blocks_fit(self) -> RunConfig:
         block, ctx = self.blocks.block_frames, self.blocks.context_frames

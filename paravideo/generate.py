@@ -10,15 +10,15 @@ from paravideo.launch import launch, under_torchrun
 from paravideo.io.checkpoint import check_resumable
 from paravideo.models.builtin import resolve_model_path
 from paravideo.models.factors import ModelFactors
-from paravideo.output_dir import ensure_writable_dir, prepare_output_dir
-from paravideo.output_lock import OutputLock
-from paravideo.report.run_report import RunReport
+from paravideo.io.output_dir import ensure_writable_dir, prepare_output_dir
+from paravideo.io.output_lock import OutputLock
+from paravideo.telemetry.run_report import RunReport
 
 
 def preflight(config: RunConfig, *, world_size: int | None = None) -> ModelFactors:
     """Checks that need no worker: model folder, sizes against the model's factors, degrees against world
     size and layers; returns the factors (a built-in model is built here once, so workers find it ready)."""
-    from paravideo.model_checks import check_against_model
+    from paravideo.models.checks import check_against_model
     from paravideo.models.family import inspect_model
     from paravideo.parallel.layout import ParallelLayout
     from paravideo.parallel.partition import stage_ranges

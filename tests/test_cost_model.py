@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from paravideo.report.cost_model import predict
-from paravideo.report.flops import Window, layer_flops, window
-from paravideo.report.profiles import HardwareProfile, load_profile
-from paravideo.report.scenario import DecodeShape, Scenario
-from paravideo.report.shapes import DiTShape, param_groups, stage_param_bytes, total_params
-from paravideo.report.simulate import replay
-from paravideo.report.traffic import traffic_by_rank
+from paravideo.costmodel.cost_model import predict
+from paravideo.costmodel.flops import Window, layer_flops, window
+from paravideo.costmodel.profiles import HardwareProfile, load_profile
+from paravideo.costmodel.scenario import DecodeShape, Scenario
+from paravideo.costmodel.shapes import DiTShape, param_groups, stage_param_bytes, total_params
+from paravideo.costmodel.simulate import replay
+from paravideo.costmodel.traffic import traffic_by_rank
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_predictions_are_monotone_in_frames_and_layers(tiny_shape):
 
 
 def test_one_stage_replay_never_waits(tiny_shape):
-    from paravideo.report.costs import schedule_costs
+    from paravideo.costmodel.costs import schedule_costs
 
     s = _scenario(tiny_shape, pipeline=1)
     costs = schedule_costs(s, load_profile("a100"), DecodeShape())

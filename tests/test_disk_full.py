@@ -18,7 +18,7 @@ import yaml
 
 from conftest import BASE_CONFIG, deep_update
 from paravideo.io.sink import read_video
-from paravideo.output_lock import LOCK_NAME
+from paravideo.io.output_lock import LOCK_NAME
 
 # `unshare --mount` needs root (CI runs tests as root); elsewhere a user namespace maps us to root.
 UNSHARE = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]

@@ -43,7 +43,7 @@ def _peer(rank: int, port: int, conn) -> None:
 
     from paravideo.parallel.comm import P2P
     from paravideo.parallel.layout import init_distributed
-    from paravideo.report.recorder import Recorder
+    from paravideo.telemetry.recorder import Recorder
 
     ctx = init_distributed("cpu", timeout_s=300)
     dist.barrier()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from paravideo.cache.feature_cache import FeatureCache
-from paravideo.driver import BlockDriver
+from paravideo.runtime.driver import BlockDriver
 from paravideo.generate import generate
 from paravideo.models.text import TextEncoder
 from paravideo.models.wan.adapter import WanStage

@@ -19,7 +19,7 @@ from paravideo.config import parse_config
 from paravideo.errors import ConfigError
 from paravideo.generate import generate
 from paravideo.io.sink import read_video
-from paravideo.output_lock import LOCK_NAME, OutputLock
+from paravideo.io.output_lock import LOCK_NAME, OutputLock
 
 
 def _start_run(tmp_path: Path, out_dir: Path, **sections) -> subprocess.Popen:
@@ -76,7 +76,7 @@ def test_second_run_into_a_busy_folder_is_refused_and_the_first_keeps_its_video(
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
-                               "from paravideo.output_lock import OutputLock\n"
+                               "from paravideo.io.output_lock import OutputLock\n"
                                "lock = OutputLock.acquire(sys.argv[1]); time.sleep(600)", str(tmp_path)])
     try:
         _wait_for_holder(tmp_path, holder)

@@ -52,7 +52,7 @@ def rank0_elsewhere(monkeypatch):
 def test_ray_frames_equal_local_launcher(ray_instance, rank0_elsewhere, make_config, tiny_root, capsys):
     from paravideo.generate import generate, preflight
     from paravideo.io.sink import read_video
-    from paravideo.run_plan import describe_run
+    from paravideo.costmodel.run_plan import describe_run
 
     blocks = {"block_frames": 2, "context_frames": 1}
     local = make_config(blocks=blocks, parallel=PIPELINE_2, launch={"launcher": "local", "nproc": 2})
@@ -94,7 +94,7 @@ def test_sigkilled_rank_fails_fast_with_playable_video(ray_instance, rank0_elsew
     from paravideo.generate import preflight
     from paravideo.io.sink import INCOMPLETE_NAME, read_video
     from paravideo.launch.ray_launcher import launch_ray
-    from paravideo.output_dir import prepare_output_dir
+    from paravideo.io.output_dir import prepare_output_dir
 
     # 16 one-frame blocks x 10 steps: the first block leaves the queue well before the last one.
     config = make_config(video={"num_frames": 61}, sampling={"steps": 10}, parallel=PIPELINE_2, launch=RAY_RANKS,

@@ -66,7 +66,7 @@ def test_two_point_sweep_writes_every_report_file(tmp_path, tiny_root):
 
 
 def test_sweep_file_is_strict(tmp_path):
-    from paravideo.report.sweep import load_sweep
+    from paravideo.bench.sweep import load_sweep
 
     with pytest.raises(ConfigError, match="axes.framez"):
         load_sweep(_sweep(tmp_path, axes={"ranks": [1], "frames": [17], "framez": [1]}))
@@ -77,7 +77,7 @@ def test_sweep_file_is_strict(tmp_path):
 
 
 def test_every_point_is_validated_before_anything_runs(tmp_path):
-    from paravideo.report.sweep import load_sweep, sweep_points
+    from paravideo.bench.sweep import load_sweep, sweep_points
 
     sweep, base = load_sweep(_sweep(tmp_path, axes={"ranks": [1, 2], "frames": [17, 18]}))
     with pytest.raises(ConfigError, match="(?s)sweep point base-f18-r1.*4k\\+1"):
@@ -93,7 +93,7 @@ def test_every_point_is_validated_before_anything_runs(tmp_path):
 def _report_peak(queue) -> None:
     import torch
 
-    from paravideo.report.recorder import peak_memory
+    from paravideo.telemetry.recorder import peak_memory
 
     queue.put(peak_memory(torch.device("cpu"))[0])
 

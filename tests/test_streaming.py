@@ -65,9 +65,9 @@ def test_odd_length_and_report_fields(make_config):
 
 def test_prompt_schedule_encodes_each_prompt_once(make_config, monkeypatch):
     from paravideo.models.text import TextEncoder
-    from paravideo.prompts import block_prompts
+    from paravideo.runtime.prompts import block_prompts
     from paravideo.generate import preflight
-    from paravideo.worker import build_plan
+    from paravideo.runtime.rank_model import build_plan
 
     calls = []
     real = TextEncoder.encode

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 
-from paravideo.report.trace import read_tracks, trace_events
+from paravideo.telemetry.trace import read_tracks, trace_events
 from paravideo.generate import preflight
-from paravideo.worker import build_plan
+from paravideo.runtime.rank_model import build_plan
 
 FORWARD = re.compile(r"^block (\d+) step (\d+)$")
 

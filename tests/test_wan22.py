@@ -249,10 +249,10 @@ def test_builtin_wan22_folders_are_diffusers_layouts():
 
 
 def test_cost_model_counts_both_experts_and_the_models_strides(make_config):
-    from paravideo.report.memory import memory_by_rank
-    from paravideo.report.profiles import load_profile
-    from paravideo.report.scenario import DecodeShape, Scenario
-    from paravideo.report.shapes import DiTShape, stage_param_bytes
+    from paravideo.costmodel.memory import memory_by_rank
+    from paravideo.costmodel.profiles import load_profile
+    from paravideo.costmodel.scenario import DecodeShape, Scenario
+    from paravideo.costmodel.shapes import DiTShape, stage_param_bytes
 
     tiny, a14b = (DiTShape.from_folder(ensure_builtin(m)) for m in ("tiny", "tiny-a14b"))
     assert (tiny.experts, a14b.experts) == (1, 2)

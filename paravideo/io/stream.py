@@ -11,7 +11,7 @@ import torch
 from paravideo.errors import ParavideoError, describe_error
 from paravideo.io.sink import VideoSink
 from paravideo.io.vae_stream import StreamingDecoder, to_uint8_frames
-from paravideo.report.recorder import IO, Recorder
+from paravideo.telemetry.recorder import IO, Recorder
 
 # Finished blocks waiting for the decode thread; bounded so memory stays flat in video length.
 MAX_PENDING_BLOCKS = 2

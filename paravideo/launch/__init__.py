@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from paravideo.config import RunConfig
-from paravideo.report.run_report import RunReport
+from paravideo.telemetry.run_report import RunReport
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from paravideo.config import RunConfig
 from paravideo.parallel.layout import DistContext, pick_device
-from paravideo.report.run_report import RunReport
-from paravideo.worker import run_rank
+from paravideo.telemetry.run_report import RunReport
+from paravideo.runtime.worker import run_rank
 
 
 def launch_inline(config: RunConfig) -> RunReport:

@@ -18,7 +18,7 @@ from paravideo.config import RunConfig
 from paravideo.launch.stop import Interrupted, deferred_stop_signals, die_with_launcher, launcher_gone
 from paravideo.launch.supervise import (REPORT_GRACE_S, TEARDOWN_GRACE_S, describe_exit, fail_run, free_port,
                                         is_secondary, record_interrupt, run_rank_message)
-from paravideo.report.run_report import RunReport, mark_failed
+from paravideo.telemetry.run_report import RunReport, mark_failed
 
 LOOPBACK = "127.0.0.1"
 

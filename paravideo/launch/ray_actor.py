@@ -56,7 +56,7 @@ class RankActor:
 
     def prepare_output(self, out_dir: str, overwrite: bool) -> None:
         """Rank 0 on a machine other than the driver's: apply the output folder rules there too."""
-        from paravideo.output_dir import prepare_output_dir
+        from paravideo.io.output_dir import prepare_output_dir
 
         prepare_output_dir(out_dir, overwrite=overwrite)
 

@@ -15,7 +15,7 @@ from paravideo.launch.ray_session import ray_session
 from paravideo.launch.stop import Interrupted, deferred_stop_signals, raise_held
 from paravideo.launch.supervise import (REPORT_GRACE_S, TEARDOWN_GRACE_S, is_secondary, record_failure,
                                         record_interrupt, root_cause)
-from paravideo.report.run_report import RUN_JSON, RunReport
+from paravideo.telemetry.run_report import RUN_JSON, RunReport
 
 # Ray rejects bundles that ask for nothing; a rank that needs no CPU (tests) still reserves this much.
 MIN_BUNDLE_CPU = 0.01

@@ -13,7 +13,7 @@ from paravideo.config import RunConfig
 from paravideo.errors import RankFailure
 from paravideo.io.sink import INCOMPLETE_NAME, PARTIAL_NAME
 from paravideo.launch.stop import raise_on_stop_signals
-from paravideo.report.run_report import mark_failed
+from paravideo.telemetry.run_report import mark_failed
 
 TEARDOWN_GRACE_S = 10.0
 # After a rank reports an error that is only a consequence (SECONDARY), the launcher waits this long for
@@ -48,7 +48,7 @@ def run_rank_message(config: RunConfig, *, rank: int, world: int, local_rank: in
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
                       MASTER_ADDR=addr, MASTER_PORT=str(port))
     from paravideo.launch.torchrun import run_torchrun_rank
-    from paravideo.worker import Terminated, describe_failure
+    from paravideo.runtime.worker import Terminated, describe_failure
 
     first: list[tuple] = []
 

@@ -8,8 +8,8 @@ from typing import Callable
 from paravideo.config import RunConfig
 from paravideo.launch.stop import Interrupted
 from paravideo.parallel.layout import init_distributed, shutdown_distributed
-from paravideo.report.run_report import RunReport
-from paravideo.worker import describe_failure, run_rank
+from paravideo.telemetry.run_report import RunReport
+from paravideo.runtime.worker import describe_failure, run_rank
 
 
 def run_torchrun_rank(config: RunConfig, *,

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from paravideo.errors import ParavideoError
-from paravideo.report.recorder import IDLE, Recorder
+from paravideo.telemetry.recorder import IDLE, Recorder
 
 # Sends kept in flight before the oldest is waited on: enough to overlap, bounded in memory.
 MAX_SENDS_IN_FLIGHT = 4

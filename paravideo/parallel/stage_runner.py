@@ -7,12 +7,12 @@ from typing import Callable, Protocol
 
 import torch
 
-from paravideo.driver import BlockDriver
+from paravideo.runtime.driver import BlockDriver
 from paravideo.models.experts import ExpertStages
 from paravideo.models.wan.adapter import Conditioning
 from paravideo.parallel.comm import P2P, PendingRecv
 from paravideo.parallel.patch.bands import Band, band_conditioning
-from paravideo.report.recorder import BUSY, Recorder
+from paravideo.telemetry.recorder import BUSY, Recorder
 from paravideo.schedule.plan import BlockPlan, Forward
 
 DRIVER_RANK = 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from paravideo.parallel.patch.bands import Band, BandSplit
-from paravideo.report.shapes import DiTShape
+from paravideo.costmodel.shapes import DiTShape
 from paravideo.schedule.plan import BlockPlan
 
 FP32_BYTES = 4

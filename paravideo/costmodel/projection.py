@@ -1,6 +1,6 @@
 """Project a published-size model on a GPU profile: paravideo's best plans against a sequence-parallel baseline.
 
-`python -m paravideo.report.projection --model wan2.1-14b --frames 1025 --gpus 8 --profile rtx4090-pcie`
+`python -m paravideo.costmodel.projection --model wan2.1-14b --frames 1025 --gpus 8 --profile rtx4090-pcie`
 prints the markdown tables of docs/cost_model.md. Everything printed is modelled, nothing measured.
 """
 
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from paravideo.report.baseline import sequence_parallel
-from paravideo.report.memory import GIB
-from paravideo.report.planner import candidates
-from paravideo.report.profiles import load_profile
-from paravideo.report.scenario import DecodeShape, Scenario
-from paravideo.report.shapes import PRESETS
+from paravideo.costmodel.baseline import sequence_parallel
+from paravideo.costmodel.memory import GIB
+from paravideo.costmodel.planner import candidates
+from paravideo.costmodel.profiles import load_profile
+from paravideo.costmodel.scenario import DecodeShape, Scenario
+from paravideo.costmodel.shapes import PRESETS
 
 
 def project(args: argparse.Namespace) -> str:
@@ -54,7 +54,7 @@ def project(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry."""
-    parser = argparse.ArgumentParser(prog="python -m paravideo.report.projection", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m paravideo.costmodel.projection", description=__doc__)
     parser.add_argument("--model", default="wan2.1-14b", choices=sorted(PRESETS))
     parser.add_argument("--frames", type=int, default=1025)
     parser.add_argument("--height", type=int, default=480)

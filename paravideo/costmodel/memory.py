@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from paravideo.parallel.comm import MAX_SENDS_IN_FLIGHT
-from paravideo.report.profiles import HardwareProfile
-from paravideo.report.scenario import DecodeShape, Scenario
-from paravideo.report.shapes import stage_param_bytes
+from paravideo.costmodel.profiles import HardwareProfile
+from paravideo.costmodel.scenario import DecodeShape, Scenario
+from paravideo.costmodel.shapes import stage_param_bytes
 
 GIB = 1024 ** 3
 FP32 = 4

@@ -71,7 +71,7 @@ def plot_speedup(rows: list[dict], path: Path) -> None:
 
 def plot_timeline(trace_path: Path, path: Path, *, title: str) -> None:
     """One lane per rank, spans coloured by kind (busy, idle, io), from a trace.json."""
-    from paravideo.report.trace import read_tracks
+    from paravideo.telemetry.trace import read_tracks
 
     plt = _pyplot()
     tracks = read_tracks(trace_path)

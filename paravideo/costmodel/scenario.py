@@ -6,9 +6,9 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from paravideo.parallel.patch.bands import BandSplit
-from paravideo.report.flops import Window, vae_decode_flops, window
-from paravideo.report.shapes import DiTShape
-from paravideo.report.traffic import TrafficLayout
+from paravideo.costmodel.flops import Window, vae_decode_flops, window
+from paravideo.costmodel.shapes import DiTShape
+from paravideo.costmodel.traffic import TrafficLayout
 from paravideo.schedule.plan import BlockPlan, Forward, make_plan
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -41,8 +41,8 @@ class Scenario:
     @classmethod
     def from_config(cls, config, shape: DiTShape | None = None) -> Scenario:
         """The scenario of a RunConfig (`shape` defaults to the model folder's configs)."""
-        from paravideo.report.shapes import shape_for_model_path
-        from paravideo.prompts import block_prompts
+        from paravideo.costmodel.shapes import shape_for_model_path
+        from paravideo.runtime.prompts import block_prompts
 
         shape = shape or shape_for_model_path(config.model.path)
         latent_frames = (config.video.num_frames - 1) // shape.time_stride + 1

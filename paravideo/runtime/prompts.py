@@ -12,7 +12,7 @@ from paravideo.models.text import TextEncoder
 from paravideo.models.wan.loading import DTYPES
 from paravideo.parallel.layout import DistContext
 from paravideo.parallel.stage_runner import DRIVER_RANK
-from paravideo.report.recorder import Recorder
+from paravideo.telemetry.recorder import Recorder
 from paravideo.schedule.plan import BlockPlan
 
 def block_prompts(config: RunConfig, plan: BlockPlan, time_stride: int) -> tuple[list[str], list[int]]:

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paravideo.errors import ParavideoError
-from paravideo.report.bench_markdown import write_report_md
-from paravideo.report.bench_report import add_speedups, point_row, summary, write_report_json
-from paravideo.report.cost_model import Prediction, predict
-from paravideo.report.plots import write_plots
-from paravideo.report.profiles import HardwareProfile, load_profile, save_profile
-from paravideo.report.scenario import DecodeShape, Scenario
-from paravideo.report.sweep import SweepConfig, SweepPoint, load_sweep, sweep_points
+from paravideo.bench.markdown import write_report_md
+from paravideo.bench.rows import add_speedups, point_row, summary, write_report_json
+from paravideo.costmodel.cost_model import Prediction, predict
+from paravideo.bench.plots import write_plots
+from paravideo.costmodel.profiles import HardwareProfile, load_profile, save_profile
+from paravideo.costmodel.scenario import DecodeShape, Scenario
+from paravideo.bench.sweep import SweepConfig, SweepPoint, load_sweep, sweep_points
 
 
 @dataclass
@@ -67,7 +67,7 @@ def run_bench(sweep_path: str, *, overrides: list[str] | None = None, out_dir: s
     points = sweep_points(sweep, base, out)
     if calibrate:
         # Re-measure under the machine's present load, so predictions and runs see the same conditions.
-        from paravideo.report.calibrate import calibrate as measure
+        from paravideo.costmodel.calibrate import calibrate as measure
 
         profile = measure(log=lambda line: print(f"calibrate: {line}", flush=True))
         save_profile(profile, out / "profile.yaml")

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from paravideo.report.recorder import Recorder
+from paravideo.telemetry.recorder import Recorder
 
 TRACE_JSON = "trace.json"
 

@@ -1,4 +1,4 @@
-"""Calibrate the `cpu-local` profile on this machine: `python -m paravideo.report.calibrate [--out FILE]`.
+"""Calibrate the `cpu-local` profile on this machine: `python -m paravideo.costmodel.calibrate [--out FILE]`.
 
 Measures what the cost model needs from the built-in tiny and small DiTs (achieved FLOP/s and
 fixed cost per layer call), the embed/conditioning/head calls, a scheduler step, the VAE decode
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from paravideo.report.calibrate_parts import (measure_decode, measure_dit, measure_p2p, measure_scheduler,
+from paravideo.costmodel.calibrate_parts import (measure_decode, measure_dit, measure_p2p, measure_scheduler,
                                               measure_write)
-from paravideo.report.profiles import PROFILE_DIR, HardwareProfile, save_profile
+from paravideo.costmodel.profiles import PROFILE_DIR, HardwareProfile, save_profile
 
 
 def measure_run(threads: int) -> dict:
@@ -30,8 +30,8 @@ def measure_run(threads: int) -> dict:
 
     from paravideo.config import parse_config
     from paravideo.generate import generate
-    from paravideo.report.cost_model import predict
-    from paravideo.report.scenario import Scenario
+    from paravideo.costmodel.cost_model import predict
+    from paravideo.costmodel.scenario import Scenario
 
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_config({
@@ -86,7 +86,7 @@ def calibrate(*, threads: int = 1, repeats: int = 5, log=print) -> HardwareProfi
     return HardwareProfile(**{**PLACEHOLDER,
         "description": f"this machine's CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
                        f"{threads} torch thread(s) per rank, float32, gloo over loopback",
-        "source": f"calibrated by `python -m paravideo.report.calibrate --threads {threads}` on "
+        "source": f"calibrated by `python -m paravideo.costmodel.calibrate --threads {threads}` on "
                   f"{time.strftime('%Y-%m-%d %H:%M')} (torch {torch.__version__}, load average "
                   f"{os.getloadavg()[0]:.1f}); means of {repeats} repeats on a shared machine, so expect noise",
         "dit_peak_tflops": dit["flops_per_s"] / 1e12, "layer_overhead_s": dit["layer_overhead_s"],
@@ -101,7 +101,7 @@ def calibrate(*, threads: int = 1, repeats: int = 5, log=print) -> HardwareProfi
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry: measure, print, write the profile YAML."""
-    parser = argparse.ArgumentParser(prog="python -m paravideo.report.calibrate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m paravideo.costmodel.calibrate", description=__doc__)
     parser.add_argument("--out", default=str(PROFILE_DIR / "cpu-local.yaml"), help="profile YAML to write")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank (launch.threads_per_rank)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (means)")

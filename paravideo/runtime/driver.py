@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from paravideo.report.recorder import BUSY, Recorder
+from paravideo.telemetry.recorder import BUSY, Recorder
 from paravideo.schedule.noise import NoiseSource
 from paravideo.schedule.plan import BlockPlan, Forward
 from paravideo.schedule.sampler import SchedulerBank

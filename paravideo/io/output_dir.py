@@ -9,7 +9,7 @@ from pathlib import Path
 from paravideo.errors import ConfigError
 from paravideo.io.checkpoint import CHECKPOINT_NAME
 from paravideo.io.sink import FINAL_NAME, INCOMPLETE_NAME, PARTIAL_NAME, SEGMENT_DIR
-from paravideo.report.run_report import RUN_JSON
+from paravideo.telemetry.run_report import RUN_JSON
 
 RUN_FILES = (FINAL_NAME, INCOMPLETE_NAME, PARTIAL_NAME, RUN_JSON, "latents.pt", CHECKPOINT_NAME)
 PROBE_NAME = ".paravideo.write-probe"

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from paravideo.report.costs import forward_dit_flops, schedule_costs, startup_seconds
-from paravideo.report.memory import MemoryBreakdown, memory_by_rank
-from paravideo.report.profiles import HardwareProfile
-from paravideo.report.scenario import DecodeShape, Scenario
-from paravideo.report.simulate import Replay, replay
-from paravideo.report.traffic import traffic_by_rank
+from paravideo.costmodel.costs import forward_dit_flops, schedule_costs, startup_seconds
+from paravideo.costmodel.memory import MemoryBreakdown, memory_by_rank
+from paravideo.costmodel.profiles import HardwareProfile
+from paravideo.costmodel.scenario import DecodeShape, Scenario
+from paravideo.costmodel.simulate import Replay, replay
+from paravideo.costmodel.traffic import traffic_by_rank
 
 __all__ = ["Prediction", "RankPrediction", "forward_dit_flops", "predict", "startup_seconds"]
 

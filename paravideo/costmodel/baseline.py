@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paravideo.report.cost_model import forward_dit_flops, startup_seconds
-from paravideo.report.flops import condition_flops
-from paravideo.report.memory import FP32, GIB
-from paravideo.report.profiles import HardwareProfile
-from paravideo.report.scenario import DecodeShape, Scenario
-from paravideo.report.shapes import stage_param_bytes
+from paravideo.costmodel.cost_model import forward_dit_flops, startup_seconds
+from paravideo.costmodel.flops import condition_flops
+from paravideo.costmodel.memory import FP32, GIB
+from paravideo.costmodel.profiles import HardwareProfile
+from paravideo.costmodel.scenario import DecodeShape, Scenario
+from paravideo.costmodel.shapes import stage_param_bytes
 
 ALL_TO_ALLS_PER_LAYER = 4
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from paravideo.report.cost_model import Prediction
-from paravideo.report.run_report import write_json_atomic
-from paravideo.report.sweep import SweepPoint
+from paravideo.costmodel.cost_model import Prediction
+from paravideo.telemetry.run_report import write_json_atomic
+from paravideo.bench.sweep import SweepPoint
 
 
 
@@ -47,7 +47,7 @@ def predicted_fields(p: Prediction, frames: int) -> dict:
 
 def point_row(point: SweepPoint, run: dict | None, prediction: Prediction, error: str | None = None) -> dict:
     """One row of report.json."""
-    from paravideo.report.shapes import shape_for_model_path
+    from paravideo.costmodel.shapes import shape_for_model_path
 
     stride = shape_for_model_path(point.config.model.path).time_stride
     row = {"name": point.name, "plan": point.plan, "ranks": point.ranks, "frames": point.frames,

@@ -1,4 +1,4 @@
-"""The single measurements behind `paravideo.report.calibrate` (each a mean of timed repeats)."""
+"""The single measurements behind `paravideo.costmodel.calibrate` (each a mean of timed repeats)."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def _stage(name: str):
 @torch.no_grad()
 def measure_dit(repeats: int) -> dict:
     """Per-layer time = fixed + FLOPs / rate, fitted over window sizes of the tiny and small DiTs."""
-    from paravideo.report.flops import Window, condition_flops, embed_flops, head_flops, layer_flops
-    from paravideo.report.shapes import DiTShape
+    from paravideo.costmodel.flops import Window, condition_flops, embed_flops, head_flops, layer_flops
+    from paravideo.costmodel.shapes import DiTShape
 
     xs, ys, calls = [], [], []
     for name in ("tiny", "small"):
@@ -105,7 +105,7 @@ def measure_decode(repeats: int) -> dict:
     """Per-latent-frame decode time = fixed + FLOPs / rate, over a few resolutions of the tiny VAE."""
     from paravideo.models.builtin import ensure_builtin
     from paravideo.models.family import inspect_model
-    from paravideo.report.flops import vae_decode_flops
+    from paravideo.costmodel.flops import vae_decode_flops
 
     root = ensure_builtin("tiny")
     family, factors = inspect_model(root)
@@ -149,7 +149,7 @@ def _p2p_rank(rank: int, port: int, sizes: list[int], repeats: int, queue) -> No
     import torch.distributed as dist
 
     from paravideo.parallel.comm import P2P
-    from paravideo.report.recorder import Recorder
+    from paravideo.telemetry.recorder import Recorder
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

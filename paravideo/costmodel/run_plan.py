@@ -11,8 +11,8 @@ def describe_run(config: RunConfig, factors: ModelFactors) -> dict:
     from paravideo.models.wan.loading import DTYPES
     from paravideo.parallel.layout import ParallelLayout
     from paravideo.parallel.partition import stage_ranges
-    from paravideo.report.shapes import DiTShape, expert_param_bytes, stage_param_bytes, total_params
-    from paravideo.worker import build_plan
+    from paravideo.costmodel.shapes import DiTShape, expert_param_bytes, stage_param_bytes, total_params
+    from paravideo.runtime.rank_model import build_plan
 
     layout = ParallelLayout(pipeline=config.parallel.pipeline, patch=config.parallel.patch)
     ranges = stage_ranges(factors.num_layers, layout.pipeline, config.parallel.stage_layers)

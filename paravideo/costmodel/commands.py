@@ -1,4 +1,4 @@
-"""The `bench` and `plan` subcommands (registered by paravideo/cli.py)."""
+"""The `plan` subcommand (registered by paravideo/cli.py): rank plans for a GPU count with the cost model."""
 
 from __future__ import annotations
 
@@ -6,15 +6,8 @@ import argparse
 import json
 
 
-def add_parsers(sub) -> None:
-    """Add `bench` and `plan` to the CLI's subparsers."""
-    bench = sub.add_parser("bench", help="run a scaling sweep and write a latency/memory report")
-    bench.add_argument("-c", "--config", required=True, help="sweep YAML (a base config + axes)")
-    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a field of the base run config for every point (repeatable)")
-    bench.add_argument("--out", default=None, help="report folder (default: the sweep's output_dir)")
-    bench.add_argument("--calibrate", action="store_true",
-                       help="re-measure the cpu-local profile first and predict with it")
+def add_parser(sub) -> None:
+    """Add `plan` to the CLI's subparsers."""
     plan = sub.add_parser("plan", help="predict and rank plans for a GPU count with the cost model")
     plan.add_argument("-c", "--config", required=True, help="run config YAML")
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -30,27 +23,14 @@ def add_parsers(sub) -> None:
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the sweep; print where the report is and how close the model came."""
-    from paravideo.report.bench import run_bench
-
-    result = run_bench(args.config, overrides=args.overrides, out_dir=args.out, calibrate=args.calibrate)
-    s = result.summary
-    mean = s["wall_abs_error_mean"]
-    print(f"bench: {s['measured']} of {s['points']} points ran; report: {result.out_dir}/report.md"
-          + (f"; predicted wall time off by {mean * 100:.0f}% on average (max {s['wall_abs_error_max'] * 100:.0f}%)"
-             if mean is not None else ""))
-    return 0 if not s["failed"] else 1
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     """Rank candidate plans for `--gpus` GPUs on `--profile`."""
     from paravideo.config import load_config
     from paravideo.errors import ConfigError
-    from paravideo.report.planner import candidates, render
-    from paravideo.report.profiles import load_profile
-    from paravideo.report.scenario import DTYPE_BYTES, Scenario
-    from paravideo.report.shapes import shape_for_model_path
+    from paravideo.costmodel.planner import candidates, render
+    from paravideo.costmodel.profiles import load_profile
+    from paravideo.costmodel.scenario import DTYPE_BYTES, Scenario
+    from paravideo.costmodel.shapes import shape_for_model_path
 
     if args.gpus < 1:
         raise ConfigError(f"--gpus must be >= 1, got {args.gpus}")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from paravideo.report.flops import condition_flops, embed_flops, head_flops, layer_flops, text_projection_flops
-from paravideo.report.profiles import HardwareProfile
-from paravideo.report.scenario import DecodeShape, Scenario
-from paravideo.report.shapes import stage_param_bytes
-from paravideo.report.simulate import ScheduleCosts
+from paravideo.costmodel.flops import condition_flops, embed_flops, head_flops, layer_flops, text_projection_flops
+from paravideo.costmodel.profiles import HardwareProfile
+from paravideo.costmodel.scenario import DecodeShape, Scenario
+from paravideo.costmodel.shapes import stage_param_bytes
+from paravideo.costmodel.simulate import ScheduleCosts
 
 MEGA = 1e6
 

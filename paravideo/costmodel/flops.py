@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paravideo.report.shapes import DiTShape
+from paravideo.costmodel.shapes import DiTShape
 from paravideo.schedule.plan import BlockPlan, Forward
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paravideo.report.cost_model import Prediction, predict
-from paravideo.report.profiles import HardwareProfile
-from paravideo.report.scenario import DecodeShape, Scenario
+from paravideo.costmodel.cost_model import Prediction, predict
+from paravideo.costmodel.profiles import HardwareProfile
+from paravideo.costmodel.scenario import DecodeShape, Scenario
 
 GIB = 1024 ** 3
 BLOCK_SIZES = (1, 2, 4, 6, 8, 12, 16, 24, 32)

@@ -1,0 +1,169 @@
+"""Role assembly, in one place: from the layout and the rank's model, build what this rank plays in the run —
+its K/V hooks, its block driver (first stage), its output (driver rank: decode, sink, checkpoints, progress),
+its prediction inbox, and the stage runner with its source and sink.
+
+Adding an axis or a hook means editing this module and the mechanism's own file, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from paravideo.config import RunConfig
+from paravideo.io.checkpoint import Checkpointer
+from paravideo.io.sink import PARTIAL_NAME, VideoSink
+from paravideo.io.stream import FrameStream
+from paravideo.parallel.comm import P2P
+from paravideo.parallel.layout import DistContext, ParallelLayout
+from paravideo.parallel.patch.hook import PatchKVHook, PatchSettings
+from paravideo.parallel.patch.latents import BandNoise, GatherBandLatents, SendBandLatents
+from paravideo.parallel.stage_runner import (DRIVER_RANK, HeadSink, LatentSource, PredictionInbox, RecvSource,
+                                             SendHiddenSink, StageRunner)
+from paravideo.runtime.driver import BlockDriver
+from paravideo.runtime.rank_model import RankModel
+from paravideo.schedule.noise import NoiseSource
+from paravideo.schedule.plan import Forward
+from paravideo.telemetry.recorder import Recorder
+
+
+@dataclass
+class RankRoles:
+    """What this rank plays: the runner (always), the p2p engine (with peers), the output side (driver rank)."""
+
+    runner: StageRunner
+    p2p: P2P | None
+    start_seq: int  # the first forward this run takes (after a resume checkpoint, not 0)
+    output: FrameStream | None = None
+    checkpointer: Checkpointer | None = None
+
+
+@dataclass
+class RoleContext:
+    """What role assembly reads: the run's config, this rank, the layout, its model and its recorder."""
+
+    config: RunConfig
+    ctx: DistContext
+    layout: ParallelLayout
+    model: RankModel
+    recorder: Recorder
+
+
+def assemble_roles(rc: RoleContext, stack: ExitStack, *, before_forward: Callable[[Forward], None],
+                   on_output: Callable[[FrameStream], None]) -> RankRoles:
+    """Build this rank's roles; finalisers (the mp4, the decode thread, the progress bar) go on `stack`."""
+    ctx, cfg = rc.ctx, rc.config
+    p2p = P2P(ctx.rank, device=ctx.device, recorder=rc.recorder, timeout_s=cfg.launch.timeout_s) \
+        if ctx.distributed else None
+    add_hooks(rc, p2p)
+    driver, output, checkpointer, start_seq = None, None, None, 0
+    if ctx.is_driver:
+        driver, output, checkpointer, progress = _driver_side(rc, stack, p2p, on_output)
+        start_seq = checkpointer.restore() if cfg.output.resume else 0
+        progress.update(start_seq)
+    elif rc.model.stage_index == 0:
+        driver = BlockDriver(rc.model.plan, noise=_noise(rc), bank=rc.model.bank, recorder=rc.recorder,
+                             on_block_done=SendBandLatents(p2p, DRIVER_RANK))
+    start_seq = _share_start(ctx, start_seq)
+    runner = _runner(rc, p2p, driver, before_forward)
+    return RankRoles(runner=runner, p2p=p2p, start_seq=start_seq, output=output, checkpointer=checkpointer)
+
+
+def add_hooks(rc: RoleContext, p2p: P2P | None) -> None:
+    """Register the K/V hooks this run needs on the rank's experts (one registry for all of them)."""
+    hooks, par = rc.model.experts.hooks, rc.config.parallel
+    # The patch exchange runs first, so the feature cache keeps and appends K/V of the rows a band sees.
+    if rc.layout.patch > 1:
+        settings = PatchSettings(mode=par.patch_mode, fraction=par.pcpp_fraction, warmup_steps=par.warmup_steps,
+                                 steps=rc.config.sampling.steps)
+        hook = PatchKVHook(p2p, rc.model.split, rc.layout.band_of(rc.ctx.rank),
+                           rc.layout.band_ranks(rc.model.stage_index), settings)
+        hooks.add(hook.name, hook)
+    if rc.model.plan.feature_cache:
+        from paravideo.cache.feature_cache import FeatureCache
+
+        hooks.add(FeatureCache.name, FeatureCache())
+
+
+def _noise(rc: RoleContext):
+    """Initial noise from the seed; a band keeps only its own latent rows."""
+    geo = rc.model.geometry
+    noise = NoiseSource(rc.model.plan, mode=rc.config.blocks.noise, seed=rc.config.sampling.seed,
+                        shape_chw=(geo.channels, geo.height, geo.width))
+    return BandNoise(noise, geo.latent_rows) if rc.layout.patch > 1 else noise
+
+
+def _driver_side(rc: RoleContext, stack: ExitStack, p2p: P2P | None, on_output: Callable[[FrameStream], None]):
+    """The driver rank's output (VAE decode, mp4 sink), block queue, checkpointer and progress bar."""
+    cfg, model = rc.config, rc.model
+    vae = model.family.load_vae(model.root, device=rc.ctx.device)
+    sink = VideoSink(Path(cfg.output.dir), width=cfg.video.width, height=cfg.video.height,
+                     fps=cfg.video.fps, frames_png=cfg.output.frames_png)
+    output = FrameStream(model.family.streaming_decoder(vae), sink, rc.recorder,
+                         keep_latents=cfg.output.save_latents, background=cfg.output.background_decode)
+    on_output(output)
+    # The mp4 is finalised on every path; a run that did not finish names it video.incomplete.mp4.
+    keep = cfg.output.checkpoint_every > 0  # a later --resume needs the segments
+    stack.callback(lambda: sink.close(complete=False, keep_segments=keep) if sink.path and
+                   sink.path.name == PARTIAL_NAME else None)
+    stack.callback(output.close)  # runs first (last in, first out): the decode thread ends before the sink
+    progress = _progress(cfg, len(model.plan.forwards))
+    stack.callback(progress.close)
+    # With bands, the driver's queue holds band 0's rows; whole frames exist only to be decoded.
+    emit = output.emit if rc.layout.patch == 1 else GatherBandLatents(
+        p2p, rc.layout.band_ranks(0), [b.rows * model.geometry.patch_hw[0] for b in model.split.bands], output.emit)
+    driver = BlockDriver(model.plan, noise=_noise(rc), bank=model.bank, on_block_done=emit,
+                         on_apply=lambda fwd: (progress.update(1), checkpointer.after_apply(fwd)),
+                         recorder=rc.recorder)
+    checkpointer = Checkpointer(Path(cfg.output.dir), every=cfg.output.checkpoint_every, plan=model.plan,
+                                driver=driver, output=output, config_json=json.dumps(cfg.resolved()))
+    return driver, output, checkpointer, progress
+
+
+def _progress(config: RunConfig, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="denoise", unit="fwd", disable=not config.output.progress, dynamic_ncols=True)
+
+
+def _share_start(ctx: DistContext, start_seq: int) -> int:
+    """Every rank starts at the driver's first forward (0, or after a resume checkpoint)."""
+    if not ctx.distributed:
+        return start_seq
+    import torch.distributed as dist
+
+    value = torch.tensor([start_seq], dtype=torch.int64, device=ctx.device)
+    dist.broadcast(value, src=DRIVER_RANK)
+    return int(value.item())
+
+
+def _runner(rc: RoleContext, p2p: P2P | None, driver: BlockDriver | None,
+            before_forward: Callable[[Forward], None]) -> StageRunner:
+    """The stage runner with this rank's source (latents or received hidden states) and sink (next stage or head)."""
+    layout, model, stage = rc.layout, rc.model, rc.model.stage_index
+    last = len(model.ranges) - 1
+    band = layout.band_of(rc.ctx.rank)  # hidden states and predictions stay within one band
+    experts, geo = model.experts, model.geometry
+    if stage == 0:
+        inbox = PredictionInbox(p2p, layout.rank_of(last, band), driver, geo) if last > 0 else None
+        source = LatentSource(experts, driver, geo, rc.recorder, inbox)
+    else:
+        source = RecvSource(p2p, layout.rank_of(stage - 1, band), model.plan, geo, experts.dtype)
+    if stage < last:
+        sink = SendHiddenSink(p2p, layout.rank_of(stage + 1, band))
+    elif stage == 0:
+        sink = HeadSink(experts, rc.recorder, deliver=driver.apply)
+    else:
+        first = layout.rank_of(0, band)
+        sink = HeadSink(experts, rc.recorder, deliver=lambda fwd, pred: p2p.send(pred, first, kind="prediction"),
+                        finish=p2p.flush)
+    patch_hook = experts.hooks.get(PatchKVHook.name)
+    return StageRunner(experts, model.plan, texts=model.texts, block_prompt=model.block_prompt,
+                       timesteps=model.bank.timesteps, geometry=geo, recorder=rc.recorder, source=source, sink=sink,
+                       before_forward=before_forward,
+                       kv_tokens_per_frame=patch_hook.tokens_per_frame if patch_hook else None)
