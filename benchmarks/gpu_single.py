@@ -2,12 +2,18 @@
 
 Usage: python benchmarks/gpu_single.py [--frames 81 321] [--steps 10] [--out benchmarks/results/gpu_single.md]
        python benchmarks/gpu_single.py --smoke      # tiny shapes on CPU: proves the script runs end to end
+       python benchmarks/gpu_single.py --model-dir /models/Wan2.1-T2V-1.3B-Diffusers --steps 50 \
+           --step-cache teacache:0.1                # a real checkpoint, with the step-cached variant
 
 The model is built here from diffusers classes (30 layers, hidden 1536, 12 heads, FFN 8960, text_dim
 4096; the real Wan VAE's shapes; a one-layer text encoder, since only the DiT is measured), saved
 once, and run in bf16 at 480x832 by (a) WanPipeline, (b) paravideo with the whole video as one
-block (the same work), (c) paravideo block-wise. DiT time is measured around every DiT call with
-the device synchronised; DiT FLOPs come from paravideo.costmodel.flops (matmuls and attention).
+block (the same work), (c) paravideo block-wise, (d) with --step-cache, (c) with step caching, its
+frames compared with (c)'s (PSNR, max error, forwards reused). A diffusers-format checkpoint in
+--model-dir (model_index.json present) is used as it is; only then do (d)'s quality figures mean
+anything, since random weights change differently between steps than trained ones. DiT time is
+measured around every DiT call with the device synchronised; DiT FLOPs come from paravideo.costmodel.flops
+(matmuls and attention).
 """
 
 from __future__ import annotations
@@ -109,7 +115,7 @@ def run_diffusers(root: Path, sizes: dict, frames: int, steps: int, device: torc
 
 
 def run_paravideo(root: Path, sizes: dict, frames: int, steps: int, device: torch.device, block: int,
-                  context: int, out: Path) -> tuple[dict, object]:
+                  context: int, out: Path, step_cache: dict | None = None, pngs: bool = False) -> tuple[dict, object]:
     """paravideo generate in this process (inline launcher), streaming decode included."""
     from paravideo.config import parse_config
     from paravideo.generate import generate
@@ -121,8 +127,10 @@ def run_paravideo(root: Path, sizes: dict, frames: int, steps: int, device: torc
                   "width": sizes["width"]},
         "sampling": {"steps": steps, "guidance_scale": 5.0, "scheduler": "unipc", "seed": 0},
         "blocks": {"block_frames": block, "context_frames": context},
+        "cache": {"step": step_cache or {"policy": "off"}},
         "launch": {"launcher": "inline"},
-        "output": {"dir": str(out), "overwrite": True, "progress": False, "trace": True}})
+        "output": {"dir": str(out), "overwrite": True, "progress": False, "trace": True,
+                   "frames_png": pngs}})
     clock = DiTClock(device)
     originals = {name: getattr(WanStage, name) for name in ("embed", "run_layers", "head")}
     for name, fn in originals.items():
@@ -136,7 +144,23 @@ def run_paravideo(root: Path, sizes: dict, frames: int, steps: int, device: torc
     # Loading weights and encoding the prompt come before the first span; WanPipeline's call has them outside.
     spans = [e for e in json.loads((out / "trace.json").read_text())["traceEvents"] if e["ph"] == "X"]
     generate_s = report.wall_s - min(e["ts"] for e in spans) / 1e6
-    return {"wall_s": generate_s, "run_wall_s": report.wall_s, "dit_s": clock.seconds, "peak_gib": _peak(device)}, config
+    return {"wall_s": generate_s, "run_wall_s": report.wall_s, "dit_s": clock.seconds, "peak_gib": _peak(device),
+            "step_cache": report.step_cache}, config
+
+
+def _versus(ours: Path, ref: Path) -> str:
+    """PSNR and max error of a run's PNG frames against another's."""
+    from paravideo.bench.versus import _frames, frame_error
+
+    err = frame_error(_frames(str(ours)), _frames(str(ref)))
+    return "equal" if err["equal"] else f"PSNR {err['psnr_db']:.1f} dB, max error {err['max_abs_error']:.0f}/255"
+
+
+def _step_cache_arg(text: str | None) -> dict | None:
+    if not text:
+        return None
+    policy, _, threshold = text.partition(":")
+    return {"policy": policy, "threshold": float(threshold or 0.1)}
 
 
 def main() -> None:
@@ -148,6 +172,8 @@ def main() -> None:
     parser.add_argument("--context-frames", type=int, default=2)
     parser.add_argument("--model-dir", default=None, help="where the random-weight model is saved (reused)")
     parser.add_argument("--out", default="benchmarks/results/gpu_single.md")
+    parser.add_argument("--step-cache", default=None, metavar="POLICY:THRESHOLD",
+                        help="also run block-wise with cache.step (e.g. teacache:0.1 or first_block:0.1)")
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else FULL
     frames_list = args.frames or ([9, 17] if args.smoke else [81, 321])
@@ -156,7 +182,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gpu-single-"))
     root = build_model(sizes, Path(args.model_dir or work / "model"))
     shape = DiTShape.from_folder(root)
-    rows, results = [], []
+    rows, results, notes = [], [], []
     # Warm-up (kernel selection, allocator, lazy imports), not timed.
     run_diffusers(root, sizes, frames_list[0], 1, device)
     run_paravideo(root, sizes, frames_list[0], 1, device, 0, 0, work / "warm")
@@ -165,7 +191,21 @@ def main() -> None:
         runs = {"diffusers WanPipeline": (run_diffusers(root, sizes, frames, steps, device), None, 0)}
         runs["paravideo, one block"] = (*run_paravideo(root, sizes, frames, steps, device, 0, 0, work / "one"), 0)
         runs[f"paravideo, blocks of {block}"] = (*run_paravideo(root, sizes, frames, steps, device, block,
-                                                                min(args.context_frames, block), work / "blk"), block)
+                                                                min(args.context_frames, block), work / "blk-uncached",
+                                                                pngs=args.step_cache is not None),
+                                                  block)
+        cache = _step_cache_arg(args.step_cache)
+        if cache is not None:
+            name = f"paravideo, blocks of {block}, step cache {cache['policy']} {cache['threshold']}"
+            runs[name] = (*run_paravideo(root, sizes, frames, steps, device, block, min(args.context_frames, block),
+                                         work / "blk-cached", step_cache=cache, pngs=True), block)
+            section = runs[name][0]["step_cache"]
+            uncached_dit_s = runs[f"paravideo, blocks of {block}"][0]["dit_s"]
+            notes.append(f"{frames} frames, {name}: {section['forwards_reused']} of {section['forwards']} forwards "
+                         f"reused ({section['saved_fraction']:.0%} of layer-forwards), "
+                         f"{_versus(work / 'blk-cached', work / 'blk-uncached')} against the uncached block-wise run; "
+                         f"DiT time {runs[name][0]['dit_s'] / max(uncached_dit_s, 1e-9):.2f}x "
+                         "of the uncached run (its TFLOP column counts the uncached work, so it overstates the rate)")
         for name, (res, config, blk) in runs.items():
             if config is None:  # WanPipeline: two batch-1 forwards per step, text projected every time
                 one = Scenario(shape=shape, latent_frames=(frames - 1) // 4 + 1, latent_height=sizes["height"] // 8,
@@ -186,7 +226,8 @@ def main() -> None:
             f"{sizes['dtype']}, {sizes['width']}x{sizes['height']}, {steps} steps, CFG 5.0, random weights.\n\n"
             + table(["system", "frames", "steps", "generate s", "wall s", "DiT s", "DiT TFLOP", "DiT TFLOP/s", "peak GiB"], rows)
             + "\n\ngenerate s: the pipeline call for WanPipeline; for paravideo its run.json wall time less loading "
-              "weights and encoding the prompt (wall s: the whole run.json wall time, loading included).")
+              "weights and encoding the prompt (wall s: the whole run.json wall time, loading included)."
+            + "".join(f"\n\n{note}" for note in notes))
     print("\n" + text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -153,6 +153,35 @@ class ParallelConfig(_Section):
                               "exchange fresh K/V synchronously (step 0 has no stale K/V)")
 
 
+class StepCacheConfig(_Section):
+    policy: Literal["off", "teacache", "first_block"] = Field(
+        "off", description="reuse a (block, step)'s layer output from its previous step when the input barely "
+        "changed: teacache = indicator is the first layer's modulated input (its relative L1 change, "
+        "accumulated); first_block = layer 0 always runs and its residual is the indicator; off = exact")
+    threshold: float = Field(0.1, ge=0.0, le=10.0, description="error budget: a step is reused while the "
+                             "indicator's relative L1 change since the last computed step stays below threshold "
+                             "x the schedule's weight; 0 = never reuse (equals off)")
+    schedule: Literal["bell", "flat"] = Field("bell", description="the threshold's weight per step: bell = "
+                                              "4u(1-u) with u = timestep / num_train_timesteps (most reuse mid-"
+                                              "trajectory, none at the ends); flat = 1")
+    warmup_steps: int = Field(2, ge=1, le=1000, description="each block's first steps are always computed "
+                              "(step 0 has no previous step)")
+    cooldown_steps: int = Field(1, ge=0, le=1000, description="each block's last steps are always computed")
+    max_consecutive: int = Field(3, ge=1, le=1000, description="at most this many reused steps in a row per "
+                                 "block (bounds the drift between computed steps)")
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` (in a file or a --set) as false; it can only mean the policy.
+        return "off" if value is False else value
+
+
+class CacheConfig(_Section):
+    step: StepCacheConfig = Field(default_factory=StepCacheConfig, description="step caching (approximate; "
+                                  "run.json reports what it saved)")
+
+
 class LaunchConfig(_Section):
     launcher: Literal["inline", "local", "torchrun", "ray"] = Field(
         "inline", description="inline = this process; local = spawn launch.nproc workers here; "
@@ -224,6 +253,7 @@ class RunConfig(_Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     blocks: BlocksConfig = Field(default_factory=BlocksConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -249,6 +279,13 @@ class RunConfig(_Section):
             # Checkpoints hold rank 0's queue; with bands the other first-stage ranks own rows of it.
             raise ValueError("output.checkpoint_every is not supported with parallel.patch > 1 yet; set "
                              "output.checkpoint_every: 0 or parallel.patch: 1")
+        return self
+
+    @model_validator(mode="after")
+    def _step_cache_fits(self) -> RunConfig:
+        from paravideo.cache.step_policy import check_step_cache
+
+        check_step_cache(self)
         return self
 
     @model_validator(mode="after")

@@ -58,15 +58,25 @@ def _default(field) -> str:
     return f"`{json.dumps(value)}`" if value != "(section)" else ""
 
 
+def _rows(prefix: str, model: type[BaseModel]) -> list[str]:
+    """One row per field of `model`; a nested section (cache.step) contributes its own rows."""
+    rows = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            rows += _rows(f"{prefix}.{name}", field.annotation)
+            continue
+        rows.append(f"| `{prefix}.{name}` | {_type_name(field.annotation)}{_bounds(field)} | "
+                    f"{_default(field)} | {_meaning(field)} |")
+    return rows
+
+
 def config_reference() -> str:
     """Markdown table of every config field: key, type, default, meaning."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for section, sfield in RunConfig.model_fields.items():
         model = sfield.annotation
         assert isinstance(model, type) and issubclass(model, BaseModel)
-        for name, field in model.model_fields.items():
-            lines.append(f"| `{section}.{name}` | {_type_name(field.annotation)}{_bounds(field)} | "
-                         f"{_default(field)} | {_meaning(field)} |")
+        lines += _rows(section, model)
     lines += ["", "Floats must be finite (`.inf` and `.nan` are refused); prompts must not be blank. A config file "
               f"is UTF-8 text of at most {MAX_CONFIG_BYTES >> 20} MiB, without YAML aliases (`*name`) or duplicate "
               "keys; `--set` values go through the same checks."]

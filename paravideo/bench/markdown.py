@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from paravideo.bench.versus import versus_table
+
 MIB = 1024 ** 2
 
 
@@ -76,7 +78,7 @@ def write_report_md(out_dir: Path, report: dict, plots: dict[str, str]) -> Path:
              "", "## Measured", ""] + _timing(report["points"])
     lines += ["", "Idle fraction = time in waits / (busy + idle + io) per rank, from the recorder's spans. "
               "Speed-up = wall time of the 1-rank point of the same plan and frames / this wall time.",
-              "", "## Memory per rank", ""] + _memory(report["points"])
+              "", *versus_table(report["points"]), "## Memory per rank", ""] + _memory(report["points"])
     lines += ["", "On CPU the peak is the process's RSS high-water mark (Python, torch and libraries included); "
               "on GPU it is CUDA's max allocated.", "",
               f"## Predicted against measured (profile `{prof['name']}`)", ""] + _versus(report["points"])

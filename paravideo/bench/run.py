@@ -16,6 +16,7 @@ from paravideo.bench.plots import write_plots
 from paravideo.costmodel.profiles import HardwareProfile, load_profile, save_profile
 from paravideo.costmodel.scenario import DecodeShape, Scenario
 from paravideo.bench.sweep import SweepConfig, SweepPoint, load_sweep, sweep_points
+from paravideo.bench.versus import add_versus
 
 
 @dataclass
@@ -82,6 +83,7 @@ def run_bench(sweep_path: str, *, overrides: list[str] | None = None, out_dir: s
         rows.append(point_row(point, run, prediction, error))
     bar.close()
     add_speedups(rows)
+    add_versus(rows, sweep.reference_plan)
     header = {"sweep": {**sweep.model_dump(mode="json"), "file": str(sweep_path)},
               "profile": profile.model_dump(mode="json"),
               "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores"}

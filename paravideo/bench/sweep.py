@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from paravideo.config import RunConfig, apply_overrides, parse_config
 from paravideo.config_yaml import load_yaml_file
@@ -61,6 +61,16 @@ class SweepConfig(_Strict):
     profile: str = Field("cpu-local", description="hardware profile for the predicted columns")
     output_dir: str = Field("outputs/bench", description="report folder (each run gets runs/<point>/)")
     timeline: str | None = Field(None, description="point whose trace is drawn (default: most ranks, most frames)")
+    reference_plan: str | None = Field(None, description="plan the others are compared with (speed-up, PSNR and "
+                                       "max error of the frames; e.g. an uncached plan beside cache.step "
+                                       "thresholds); every point then also writes PNG frames")
+
+    @model_validator(mode="after")
+    def _reference_is_a_plan(self) -> SweepConfig:
+        names = [plan.name for plan in self.axes.plans]
+        if self.reference_plan is not None and self.reference_plan not in names:
+            raise ValueError(f"reference_plan {self.reference_plan!r} is not one of the plans {names}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,8 @@ def sweep_points(sweep: SweepConfig, base: dict, out_dir: Path) -> list[SweepPoi
         data = apply_overrides(data, [
             f"video.num_frames={frames}", f"parallel.pipeline={ranks}", "launch.launcher=local",
             f"launch.nproc={ranks}", f"output.dir={out_dir / 'runs' / name}", "output.overwrite=true",
-            "output.progress=false", "output.trace=true", "parallel.stage_layers=null"])
+            "output.progress=false", "output.trace=true", "parallel.stage_layers=null"]
+            + (["output.frames_png=true"] if sweep.reference_plan else []))
         config = parse_config(data, source=f"sweep point {name}")
         try:
             preflight(config)  # the checks that need the model's factors (frame and size multiples)

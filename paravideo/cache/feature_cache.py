@@ -13,12 +13,17 @@ class FeatureCache:
     Block k+1 runs before block k in an iteration on the same stage, so its head K/V (taken after
     norm and RoPE at global positions) are ready for block k at every layer with no recomputation
     and no communication. An entry is dropped once read or once its block moves on.
+
+    With a step cache (`retain=True`) a reused forward skips its layers and keeps nothing, so an
+    entry stays after it is read: the older neighbour then attends to the K/V its newer neighbour
+    last computed. The step cache calls `forget` when the reader leaves the queue.
     """
 
     name = "feature_cache"
 
-    def __init__(self) -> None:
+    def __init__(self, *, retain: bool = False) -> None:
         self._store: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.retain = retain
         self.reads = 0
 
     def __call__(self, call: AttentionCall, key: torch.Tensor, value: torch.Tensor
@@ -29,7 +34,8 @@ class FeatureCache:
             hi = lo + info.keep_head_frames * info.tokens_per_frame
             self._store[(info.block, call.layer)] = (key[:, lo:hi].clone(), value[:, lo:hi].clone())
         if info.future_block is not None:
-            entry = self._store.pop((info.future_block, call.layer), None)
+            key_of = (info.future_block, call.layer)
+            entry = self._store.get(key_of) if self.retain else self._store.pop(key_of, None)
             assert entry is not None, (f"feature cache has no K/V of block {info.future_block} at layer "
                                        f"{call.layer}: the plan order was not followed")
             self.reads += 1
@@ -40,6 +46,11 @@ class FeatureCache:
     def peek(self, block: int, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The stored head K/V of `block` at `layer`, if any (for tests and inspection)."""
         return self._store.get((block, layer))
+
+    def forget(self, block: int) -> None:
+        """Drop every layer's entry of `block` (retain mode: its reader left the queue)."""
+        for key in [key for key in self._store if key[0] == block]:
+            del self._store[key]
 
     def nbytes(self) -> int:
         """Bytes held now."""

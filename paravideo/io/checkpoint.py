@@ -6,6 +6,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -36,13 +37,19 @@ def load_scheduler_state(scheduler, state: dict) -> None:
 
 
 def video_defining(config: dict) -> dict:
-    """The part of a resolved config that defines the video's frames: model, video, sampling, blocks.
+    """The part of a resolved config that defines the video's frames: model, video, sampling, blocks, cache
+    (and output.checkpoint_every with a step cache).
 
     Where the run writes (output.dir, however spelled), how it is launched and split over ranks
     (launch, parallel) and what else it reports may change on resume; the model folder is compared
     by its real path, and model.device not at all.
     """
     data = json.loads(json.dumps({key: config.get(key) for key in VIDEO_SECTIONS}))
+    step_cache = (config.get("cache") or {}).get("step") or {}
+    if step_cache.get("policy", "off") != "off":  # off (or a config from before step caching): exact frames
+        # The iteration after each checkpoint is computed in full, so the checkpoint period shapes the frames too.
+        data["cache"] = {"step": step_cache}
+        data["output"] = {"checkpoint_every": (config.get("output") or {}).get("checkpoint_every")}
     model = data.get("model") or {}
     model.pop("device", None)
     path = model.get("path")
@@ -155,7 +162,9 @@ class Checkpointer:
 
     A checkpoint is taken when the last forward of an iteration has been applied: every finished
     block is decoded and written, and no feature-cache entry outlives an iteration, so the driver's
-    queue, the decoder's causal cache and the video position describe the whole run.
+    queue, the decoder's causal cache and the video position describe the whole run. (A step cache
+    keeps K/V and residuals across iterations; it recomputes all of them in the iteration after each
+    checkpoint, so a resumed run meets them as the uninterrupted run did: paravideo/cache/step_policy.py.)
     """
 
     def __init__(self, out_dir: Path, *, every: int, plan, driver, output, config_json: str):
@@ -165,6 +174,9 @@ class Checkpointer:
         last_of = {fwd.iteration: fwd.seq for fwd in plan.forwards}
         self._end_to_iteration = {seq: it for it, seq in last_of.items()}
         self.written = 0
+        # More state to save, by name: a function of the iteration's last forward (the step cache's log) ...
+        self.extras: dict[str, Callable[[int], object]] = {}
+        self.restored: dict[str, object] = {}  # ... and what a resume read back, by the same names
 
     def after_apply(self, fwd) -> None:
         """Checkpoint if `fwd` closes an iteration that is due (never after the last one)."""
@@ -175,7 +187,8 @@ class Checkpointer:
         self.output.flush()  # every finished block decoded and written before the cut
         self.output.sink.cut()
         save_checkpoint(self.out_dir, {"config_json": self.config_json, "iteration": iteration,
-                                       "driver": self.driver.state(iteration), "output": self.output.state()})
+                                       "driver": self.driver.state(iteration), "output": self.output.state(),
+                                       "extras": {name: save(fwd.seq) for name, save in self.extras.items()}})
         self.written += 1
 
     def restore(self) -> int:
@@ -188,6 +201,7 @@ class Checkpointer:
                               + "; ".join(differences) + ")")
         self.driver.load_state(state["driver"])
         self.output.load_state(state["output"])
+        self.restored = state.get("extras", {})
         return self.driver.applied + 1
 
     def discard(self) -> None:

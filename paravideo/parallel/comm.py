@@ -28,6 +28,8 @@ class Tag(IntEnum):
     PIPELINE = 0  # hidden states and predictions (their pairs carry nothing else)
     PATCH_KV = 1
     LATENTS = 2
+    STEP_CACHE = 3  # step-cache decision headers (along the pipeline) and statistics (between bands)
+    STEP_CACHE_START = 4  # step cache: a computed forward's starting hidden states, first stage to last
 
 
 class CommTimeout(ParavideoError):

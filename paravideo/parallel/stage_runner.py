@@ -207,7 +207,8 @@ class StageRunner:
                  block_prompt: list[int], timesteps: torch.Tensor, geometry: Geometry, recorder: Recorder,
                  source: Source, sink: Sink, before_forward: Callable[[Forward], None] = lambda f: None,
                  after_forward: Callable[[Forward], None] = lambda f: None,
-                 kv_tokens_per_frame: Callable[[int], int] | None = None):
+                 kv_tokens_per_frame: Callable[[int], int] | None = None,
+                 layers: Callable[[Forward, torch.Tensor, Conditioning], torch.Tensor] | None = None):
         # texts[expert][prompt]: each expert projects the prompts with its own text embedder.
         self.experts, self.plan, self.texts, self.block_prompt = experts, plan, texts, block_prompt
         self.timesteps, self.geo, self.recorder = timesteps, geometry, recorder
@@ -215,6 +216,8 @@ class StageRunner:
         self.before_forward, self.after_forward = before_forward, after_forward
         # Tokens per frame of the K/V that hooks after a layout-changing hook (the patch exchange) see.
         self.kv_tokens_per_frame = kv_tokens_per_frame or (lambda step: geometry.tokens_per_frame)
+        # This stage's layers for a forward; a step cache may skip them (paravideo/cache/step_cache.py).
+        self.layers = layers or (lambda fwd, hidden, cond: self.experts.at(fwd.step).run_layers(hidden, cond))
 
     def condition(self, fwd: Forward) -> Conditioning:
         """Time, text and RoPE of the window, cut to this rank's band (RoPE keeps global positions)."""
@@ -245,7 +248,7 @@ class StageRunner:
                                     expert=self.experts.index(fwd.step)):
                 cond = self.condition(fwd)
                 self._set_hook_info(fwd, hi - lo)
-                hidden = self.experts.at(fwd.step).run_layers(hidden_in, cond)
+                hidden = self.layers(fwd, hidden_in, cond)
             self.source.release(hidden_in)
             self.sink.put(fwd, hidden, cond)
             self.after_forward(fwd)

@@ -6,6 +6,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from paravideo.cache.step_wiring import StepCacheParts
+from paravideo.cache.step_wiring import rank_row as step_cache_row
+from paravideo.cache.step_wiring import run_section as step_cache_section
 from paravideo.config import RunConfig
 from paravideo.io.stream import FrameStream
 from paravideo.models.experts import ExpertChoice
@@ -32,6 +35,7 @@ class ReportInputs:
     ranges: list[tuple[int, int]] | None = None
     output: FrameStream | None = None
     denoise_s: float | None = None
+    step_cache: StepCacheParts | None = None
 
 
 def gather_rank_rows(inputs: ReportInputs, experts, barrier) -> list[tuple[dict, list]]:
@@ -39,7 +43,8 @@ def gather_rank_rows(inputs: ReportInputs, experts, barrier) -> list[tuple[dict,
     ctx, lo_hi = inputs.ctx, (experts.lo, experts.hi)
     stats = inputs.recorder.stats(layers=list(lo_hi), param_bytes=experts.param_bytes(), device=ctx.device)
     row = {**stats.to_json(),
-           "param_bytes_by_expert": dict(zip(inputs.factors.experts, experts.param_bytes_by_expert()))}
+           "param_bytes_by_expert": dict(zip(inputs.factors.experts, experts.param_bytes_by_expert())),
+           **step_cache_row(inputs.step_cache)}
     mine = (row, rank_trace(inputs.recorder, layers=lo_hi, barrier=barrier))
     if not ctx.distributed:
         return [mine]
@@ -61,7 +66,8 @@ def write_report(inputs: ReportInputs, rows: list[dict], *, complete: bool, erro
         world_size=inputs.ctx.world_size, video=str(output.sink.path) if output and output.sink.path else None,
         config=cfg.resolved(), parallel=_parallel_report(inputs), model=_model_report(inputs),
         plan=_plan_report(plan), ranks=sorted(rows, key=lambda r: r["rank"]),
-        block_digests=list(output.digests) if output else [], error=error)
+        block_digests=list(output.digests) if output else [], error=error,
+        step_cache=step_cache_section(inputs.step_cache, plan, inputs.factors))
     write_run_report(Path(cfg.output.dir), report)
     return report
 

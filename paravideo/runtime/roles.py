@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from paravideo.cache.step_wiring import StepCacheParts, attach_step_cache
 from paravideo.config import RunConfig
 from paravideo.io.checkpoint import Checkpointer
 from paravideo.io.sink import PARTIAL_NAME, VideoSink
@@ -41,6 +42,7 @@ class RankRoles:
     start_seq: int  # the first forward this run takes (after a resume checkpoint, not 0)
     output: FrameStream | None = None
     checkpointer: Checkpointer | None = None
+    step_cache: StepCacheParts | None = None  # with cache.step (its report goes into run.json)
 
 
 @dataclass
@@ -70,8 +72,9 @@ def assemble_roles(rc: RoleContext, stack: ExitStack, *, before_forward: Callabl
         driver = BlockDriver(rc.model.plan, noise=_noise(rc), bank=rc.model.bank, recorder=rc.recorder,
                              on_block_done=SendBandLatents(p2p, DRIVER_RANK))
     start_seq = _share_start(ctx, start_seq)
-    runner = _runner(rc, p2p, driver, before_forward)
-    return RankRoles(runner=runner, p2p=p2p, start_seq=start_seq, output=output, checkpointer=checkpointer)
+    runner, step_cache = _runner(rc, p2p, driver, before_forward, checkpointer)
+    return RankRoles(runner=runner, p2p=p2p, start_seq=start_seq, output=output, checkpointer=checkpointer,
+                     step_cache=step_cache)
 
 
 def add_hooks(rc: RoleContext, p2p: P2P | None) -> None:
@@ -87,7 +90,8 @@ def add_hooks(rc: RoleContext, p2p: P2P | None) -> None:
     if rc.model.plan.feature_cache:
         from paravideo.cache.feature_cache import FeatureCache
 
-        hooks.add(FeatureCache.name, FeatureCache())
+        # A step cache skips layers, so the K/V a block last computed must stay for its older neighbour.
+        hooks.add(FeatureCache.name, FeatureCache(retain=rc.config.cache.step.policy != "off"))
 
 
 def _noise(rc: RoleContext):
@@ -142,8 +146,8 @@ def _share_start(ctx: DistContext, start_seq: int) -> int:
     return int(value.item())
 
 
-def _runner(rc: RoleContext, p2p: P2P | None, driver: BlockDriver | None,
-            before_forward: Callable[[Forward], None]) -> StageRunner:
+def _runner(rc: RoleContext, p2p: P2P | None, driver: BlockDriver | None, before_forward: Callable[[Forward], None],
+            checkpointer: Checkpointer | None) -> tuple[StageRunner, StepCacheParts | None]:
     """The stage runner with this rank's source (latents or received hidden states) and sink (next stage or head)."""
     layout, model, stage = rc.layout, rc.model, rc.model.stage_index
     last = len(model.ranges) - 1
@@ -162,8 +166,16 @@ def _runner(rc: RoleContext, p2p: P2P | None, driver: BlockDriver | None,
         first = layout.rank_of(0, band)
         sink = HeadSink(experts, rc.recorder, deliver=lambda fwd, pred: p2p.send(pred, first, kind="prediction"),
                         finish=p2p.flush)
+    step_cache = attach_step_cache(
+        rc.config, experts=experts, plan=model.plan, timesteps=model.bank.timesteps,
+        num_train_timesteps=model.bank.prototype.config.num_train_timesteps, layout=layout, rank=rc.ctx.rank,
+        stage_index=stage, last_stage=last, p2p=p2p, recorder=rc.recorder, source=source, sink=sink,
+        checkpointer=checkpointer)
+    if step_cache is not None:
+        source, sink = step_cache.source, step_cache.sink
     patch_hook = experts.hooks.get(PatchKVHook.name)
     return StageRunner(experts, model.plan, texts=model.texts, block_prompt=model.block_prompt,
                        timesteps=model.bank.timesteps, geometry=geo, recorder=rc.recorder, source=source, sink=sink,
                        before_forward=before_forward,
-                       kv_tokens_per_frame=patch_hook.tokens_per_frame if patch_hook else None)
+                       kv_tokens_per_frame=patch_hook.tokens_per_frame if patch_hook else None,
+                       layers=step_cache.cache if step_cache else None), step_cache

@@ -103,6 +103,7 @@ class Worker:
     def _denoise(self, roles: RankRoles) -> None:
         """Run every forward from the start, then finish the output: the mp4 renamed, latents saved if asked."""
         loop_start = time.perf_counter()
+        self.report_inputs.step_cache = roles.step_cache
         roles.runner.run(roles.start_seq)
         if roles.p2p is not None:
             roles.p2p.flush()  # a first-stage band's last finished rows may still be on their way

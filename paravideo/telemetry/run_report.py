@@ -34,6 +34,8 @@ class RunReport:
     ranks: list[dict] = field(default_factory=list)
     block_digests: list[str] = field(default_factory=list)
     error: str | None = None
+    # Step caching: per block the steps computed and reused, the indicator, layer-forwards saved (None: off).
+    step_cache: dict | None = None
     # Rank 0 builds the report on the machine whose sink wrote the video, so its host name is the default.
     video_node: str | None = field(default_factory=socket.gethostname)
 

@@ -103,11 +103,23 @@ class WanStage:
         hidden = self.model.patch_embedding(latents_bcthw.to(self.device, self.dtype))
         return hidden.flatten(2).transpose(1, 2).contiguous()
 
-    def run_layers(self, hidden: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """Apply this stage's layers."""
-        for block in self.model.blocks:
+    def run_layers(self, hidden: torch.Tensor, cond: Conditioning, *, layers: slice = slice(None)) -> torch.Tensor:
+        """Apply this stage's layers (a slice of them, counted from `lo`, when given)."""
+        for block in self.model.blocks[layers]:
             hidden = block(hidden, cond.text, cond.timestep_proj, cond.rotary)
         return hidden
+
+    def modulated_input(self, hidden: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The first layer's modulated self-attention input, in float32 (the TeaCache indicator; needs lo == 0)."""
+        assert self.lo == 0, "only the stage holding layer 0 has its modulation"
+        block = self.model.blocks[0]
+        temb = cond.timestep_proj.float()
+        if temb.ndim == 4:  # per-token timesteps: (batch, tokens, 6, dim), as diffusers' block reads them
+            shift, scale = (block.scale_shift_table.unsqueeze(0) + temb).chunk(6, dim=2)[:2]
+            shift, scale = shift.squeeze(2), scale.squeeze(2)
+        else:
+            shift, scale = (block.scale_shift_table + temb).chunk(6, dim=1)[:2]
+        return block.norm1(hidden.float()) * (1 + scale) + shift
 
     def head(self, hidden: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Output norm, modulation, projection and unpatchify to `(b, c, t, h, w)`."""
