@@ -326,3 +326,18 @@ def test_yaml_off_is_the_off_policy(tmp_path):
     assert load_config(path, ["cache.step.policy=off"]).cache.step.policy == "off"
     with pytest.raises(ConfigError, match="cache.step.policy"):
         load_config(path, ["cache.step.policy=on"])  # YAML true is no policy
+
+
+def test_a_step_cache_makes_the_checkpoint_period_part_of_the_video():
+    from paravideo.io.checkpoint import config_differences
+
+    def resolved(policy, every):
+        data = deep_update(BASE_CONFIG, {"cache": {"step": {"policy": policy}}, "output": {"checkpoint_every": every}})
+        return parse_config(data).resolved()
+
+    assert config_differences(resolved("off", 2), resolved("off", 3)) == []
+    assert any("checkpoint_every" in d for d in config_differences(resolved("teacache", 2), resolved("teacache", 3)))
+    assert any("cache.step.policy" in d for d in config_differences(resolved("off", 2), resolved("teacache", 2)))
+    old = resolved("off", 2)
+    del old["cache"]  # a checkpoint written before step caching existed still resumes
+    assert config_differences(old, resolved("off", 2)) == []
