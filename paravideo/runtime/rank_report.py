@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from paravideo.config import RunConfig
 from paravideo.io.stream import FrameStream
+from paravideo.launch.rendezvous import job_address
 from paravideo.models.experts import ExpertChoice
 from paravideo.models.factors import ModelFactors
 from paravideo.parallel.layout import DistContext, ParallelLayout
@@ -39,7 +41,8 @@ def gather_rank_rows(inputs: ReportInputs, experts, barrier) -> list[tuple[dict,
     ctx, lo_hi = inputs.ctx, (experts.lo, experts.hi)
     stats = inputs.recorder.stats(layers=list(lo_hi), param_bytes=experts.param_bytes(), device=ctx.device)
     row = {**stats.to_json(),
-           "param_bytes_by_expert": dict(zip(inputs.factors.experts, experts.param_bytes_by_expert()))}
+           "param_bytes_by_expert": dict(zip(inputs.factors.experts, experts.param_bytes_by_expert())),
+           "node": socket.gethostname(), "node_ip": job_address()}
     mine = (row, rank_trace(inputs.recorder, layers=lo_hi, barrier=barrier))
     if not ctx.distributed:
         return [mine]
