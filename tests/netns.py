@@ -29,7 +29,12 @@ SUBNET = "192.0.2"  # TEST-NET-1 (RFC 5737): documentation only, nothing outside
 BRIDGE = "pvbr"
 TOOLS = ("unshare", "nsenter", "ip", "mount")
 # PID 1 of a node: reaps orphans (Ray daemonises its processes) and otherwise sleeps.
-INIT = "import os, time\nwhile True:\n    try:\n        os.wait()\n    except ChildProcessError:\n        time.sleep(0.5)\n"
+INIT = ("import os, time\n"
+        "while True:\n"
+        "    try:\n"
+        "        os.wait()\n"
+        "    except ChildProcessError:\n"
+        "        time.sleep(0.5)\n")
 
 
 def _children(pid: int) -> list[int]:

@@ -26,9 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from conftest import BASE_CONFIG, deep_update
 from netns import Cluster, Node, refused_reason
 from procfs import listening, wait_until
 
@@ -40,11 +38,10 @@ VENV_BIN = Path(sys.executable).parent
 RAY_WORKER_PORTS = (20000, 20999)
 RAY_GCS_PORT, DASHBOARD = 6379, "http://127.0.0.1:8265"
 TORCHRUN_PORT = 29400
-# The job both launchers run: a 2-stage pipeline over 3 blocks (17 frames of 32x48, 4 steps).
-JOB = {"blocks": {"block_frames": 2, "context_frames": 1}, "parallel": {"pipeline": 2}}
-RAY_LAUNCH = {"launcher": "ray", "nproc": 2, "ray_cpus_per_rank": 0, "placement_strategy": "STRICT_SPREAD"}
+# The job both launchers run, as the README shows it: a 2-stage pipeline, one stage per node.
+CONFIG = "configs/two_nodes.yaml"
 # Long enough to still run when the test takes a node away (a lost node ends it early).
-LONG = {"video": {"num_frames": 2001}, "blocks": {"block_frames": 4}}
+LONG = ["video.num_frames=2001", "blocks.block_frames=4", "output.fetch_to_driver=false"]
 PLACED = re.compile(r"paravideo: rank (\d+) \(local \d+\) on (\S+) (\S+) pid (\d+); rendezvous (\S+):(\d+)")
 
 
@@ -55,25 +52,19 @@ def netns_ok():
         pytest.skip(reason)
 
 
-def _config(tmp: Path, name: str, *sections: dict) -> Path:
-    data = deep_update(BASE_CONFIG, JOB)
-    for section in sections:
-        data = deep_update(data, section)
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+def _sets(*overrides: str) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, _model_cache):
     """The same job under the local launcher on this machine: (block digests, frames)."""
-    from paravideo.config import parse_config
+    from paravideo.config import load_config
     from paravideo.generate import generate
     from paravideo.io.sink import read_video
 
     out = tmp_path_factory.mktemp("reference")
-    config = parse_config(deep_update(deep_update(BASE_CONFIG, JOB), {
-        "launch": {"launcher": "local", "nproc": 2}, "output": {"dir": str(out)}}))
+    config = load_config(REPO / CONFIG, ["launch.launcher=local", f"output.dir={out}"])
     report = generate(config)
     return report.block_digests, read_video(Path(report.video))
 
@@ -141,10 +132,10 @@ class RayCluster:
     def by_name(self) -> dict[str, Node]:
         return {node.host: node for node in self.nodes} | {node.name: node for node in self.nodes}
 
-    def submit(self, config: Path, log: Path) -> subprocess.Popen:
-        """`ray job submit --working-dir REPO -- paravideo generate -c CONFIG` on the head."""
-        argv = ["ray", "job", "submit", "--address", DASHBOARD, "--working-dir", str(REPO), "--",
-                "paravideo", "generate", "-c", str(config)]
+    def submit(self, log: Path, *overrides: str) -> subprocess.Popen:
+        """`ray job submit --working-dir . -- paravideo generate -c CONFIG --set ...` on the head, from the repo."""
+        argv = ["ray", "job", "submit", "--address", DASHBOARD, "--working-dir", ".", "--",
+                "paravideo", "generate", "-c", CONFIG, *_sets(*overrides)]
         return self.head.popen(argv, cwd=REPO, env=self.env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -198,10 +189,9 @@ def test_ray_two_nodes_match_local_and_fetch_home(ray_cluster, reference, tmp_pa
     from paravideo.io.sink import read_video
 
     out = ray_cluster.disk / "ray"
-    config = _config(tmp_path, "ray", {"launch": RAY_LAUNCH, "output": {"dir": str(out), "fetch_to_driver": True}})
     log = tmp_path / "submit.log"
     with SocketWatch(ray_cluster.nodes) as watch:
-        job = ray_cluster.submit(config, log)
+        job = ray_cluster.submit(log, f"output.dir={out}")
         job.wait(timeout=240)
     text = log.read_text(errors="replace")
     assert job.returncode == 0, text[-4000:]
@@ -240,9 +230,8 @@ def test_ray_node_lost_mid_run(ray_cluster, tmp_path):
     from paravideo.io.sink import INCOMPLETE_NAME, PARTIAL_NAME, read_video
 
     out = ray_cluster.disk / "lost"
-    config = _config(tmp_path, "lost", LONG, {"launch": RAY_LAUNCH, "output": {"dir": str(out)}})
     log = tmp_path / "submit.log"
-    job = ray_cluster.submit(config, log)
+    job = ray_cluster.submit(log, f"output.dir={out}", *LONG)
     try:
         placed = wait_until(lambda: len(_placements(log)) == 2 and _placements(log), 180, "the ranks' placement")
         nodes = ray_cluster.by_name()
@@ -284,7 +273,6 @@ def test_torchrun_two_nodes_match_local(netns_ok, reference, tmp_path, _model_ca
 
     disk = tmp_path / "disk"
     out = disk / "torchrun"
-    config = _config(tmp_path, "torchrun", {"launch": {"launcher": "torchrun"}, "output": {"dir": str(out)}})
     env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
                PARAVIDEO_CACHE=str(_model_cache))
     with Cluster(2) as cluster:
@@ -294,8 +282,9 @@ def test_torchrun_two_nodes_match_local(netns_ok, reference, tmp_path, _model_ca
         with SocketWatch(cluster.nodes) as watch:
             agents = [node.popen(["torchrun", "--nnodes", "2", "--node-rank", str(i), "--nproc-per-node", "1",
                                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{head.ip}:{TORCHRUN_PORT}",
-                                  "-m", "paravideo", "generate", "-c", str(config)], cwd=REPO, env=env,
-                                 stdout=open(tmp_path / f"{node.name}.log", "w"), stderr=subprocess.STDOUT)
+                                  "-m", "paravideo", "generate", "-c", CONFIG, *_sets(f"output.dir={out}")],
+                                 cwd=REPO, env=env, stdout=open(tmp_path / f"{node.name}.log", "w"),
+                                 stderr=subprocess.STDOUT)
                       for i, node in enumerate(cluster.nodes)]
             for agent in agents:
                 agent.wait(timeout=240)
@@ -310,6 +299,7 @@ def test_torchrun_two_nodes_match_local(netns_ok, reference, tmp_path, _model_ca
         np.testing.assert_array_equal(read_video(writers[0].path(out) / "video.mp4"), reference[1])
         # The ranks' own sockets (gloo) are bound to the node's address; torchrun's agent store is torch's.
         nodes = {n.name: n for n in cluster.nodes}
-        ranks = {k: v for k, v in watch.listeners("-m paravideo generate").items() if "bin/torchrun" not in watch.seen[k][0]}
-        assert {name for name, _ in ranks} == {"n1", "n2"} and all(ranks.values()), watch.seen
+        ranks = {key: found for key, found in watch.listeners("-m paravideo generate").items()
+                 if "bin/torchrun" not in watch.seen[key][0]}
+        assert {name for (name, _), found in ranks.items() if found} == {"n1", "n2"}, watch.seen
         _assert_bound_to_cluster(ranks, nodes, ray_ports=None)
