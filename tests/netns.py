@@ -52,11 +52,23 @@ def _ns_id(pid: int, kind: str) -> str | None:
         return None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the test process ends, however it ends (Linux prctl)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _start_holder(args: list[str]) -> tuple[subprocess.Popen, int]:
-    """`unshare ARGS --fork INIT`; returns the unshare process and the host PID of the namespaces' init."""
+    """`unshare ARGS --fork INIT`; returns the unshare process and the host PID of the namespaces' init.
+
+    unshare dies with the test process and takes the init with it (--kill-child), and with the init
+    every process of the namespace: a killed test run leaves no node behind.
+    """
     holder = subprocess.Popen(["unshare", *args, "--fork", "--kill-child", sys.executable, "-c", INIT],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
+                              start_new_session=True, preexec_fn=_die_with_parent)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         kids = _children(holder.pid)
