@@ -32,7 +32,8 @@ def _no_ray_address(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
-@pytest.mark.parametrize("name, world", [("demo.yaml", 2), ("torchrun.yaml", 2), ("ray_local.yaml", 2)])
+@pytest.mark.parametrize("name, world", [("demo.yaml", 2), ("torchrun.yaml", 2), ("ray_local.yaml", 2),
+                                                ("two_nodes.yaml", 2)])
 def test_example_config_passes_preflight(name, world, tiny_root):
     from paravideo.config import load_config
     from paravideo.generate import preflight

@@ -3,6 +3,7 @@ first two finalise the partial video and record the signal, as Ctrl-C does (real
 
 from __future__ import annotations
 
+import secrets
 import signal
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def test_sigterm_to_ray_launcher_ends_cleanly(tmp_path):
                  "launch": {"launcher": "ray", "nproc": 2, "ray_address": "local", "ray_num_cpus": 2,
                             "ray_cpus_per_rank": 0}}
     config, out = write_config(tmp_path, LONG_RUN, ray_ranks)
-    cli = start_generate(config, tmp_path, RAY_AUTH_MODE="disabled")
+    # The private instance listens beyond loopback: token authentication, with a token of this test's own.
+    cli = start_generate(config, tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     started = []
     try:
         wait_for_frames(out)

@@ -14,20 +14,19 @@ from paravideo.errors import ConfigError
 from paravideo.launch.ray_address import AUTO, LOCAL
 from paravideo.launch.stop import keep_stop_handlers
 
-# A private instance needs no login: it is reached only by this driver's own processes.
-LOCAL_INSTANCE_ENV = {"RAY_AUTH_MODE": "disabled"}
+# Ray's authentication switch, left alone: a private instance keeps Ray's default (token authentication,
+# the token in ~/.ray/auth_token, made by Ray when missing). On a Linux machine with a routable address
+# Ray binds its GCS, raylet and workers to every interface (a loopback node address is replaced), so
+# even a private instance is reachable beyond loopback.
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
-@contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables (unless already set) for the processes started inside, then restore."""
-    added = {k: v for k, v in values.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
+def _warn_if_unauthenticated() -> None:
+    """Say so when the environment turns authentication off for the instance about to start."""
+    if os.environ.get(AUTH_MODE_ENV, "").lower() == "disabled":
+        print(f"paravideo: warning: {AUTH_MODE_ENV}=disabled in the environment: the local Ray instance "
+              "accepts unauthenticated connections on every interface of this machine; unset it to keep "
+              "Ray's token authentication", file=sys.stderr, flush=True)
 
 
 def _connect(address: str) -> bool:
@@ -61,7 +60,8 @@ def ray_session(launch: LaunchConfig) -> Iterator[None]:
         return
     temp_dir = launch.ray_temp_dir or tempfile.mkdtemp(prefix="paravideo-ray-")
     print(f"paravideo: starting a local Ray instance (temp dir {temp_dir})", file=sys.stderr, flush=True)
-    with _env(LOCAL_INSTANCE_ENV), keep_stop_handlers():
+    _warn_if_unauthenticated()
+    with keep_stop_handlers():
         ray.init(num_cpus=launch.ray_num_cpus, include_dashboard=False, _temp_dir=temp_dir)
     try:
         yield

@@ -90,12 +90,17 @@ def _interface_of(address: str) -> str | None:
     return None
 
 
+def job_address() -> str | None:
+    """This rank's IPv4 address on the job's network: the one traffic to MASTER_ADDR leaves from."""
+    return _local_address_towards(os.environ["MASTER_ADDR"]) if "MASTER_ADDR" in os.environ else None
+
+
 def bind_gloo_to_job_interface() -> None:
     """Make gloo listen on the interface this rank uses to reach MASTER_ADDR (loopback for a local run),
     unless GLOO_SOCKET_IFNAME already says where."""
-    if os.environ.get(GLOO_IFNAME_ENV) or "MASTER_ADDR" not in os.environ:
+    if os.environ.get(GLOO_IFNAME_ENV):
         return
-    local = _local_address_towards(os.environ["MASTER_ADDR"])
+    local = job_address()
     name = _interface_of(local) if local else None
     if name is not None:
         os.environ[GLOO_IFNAME_ENV] = name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from paravideo.cache.step_wiring import rank_row as step_cache_row
 from paravideo.cache.step_wiring import run_section as step_cache_section
 from paravideo.config import RunConfig
 from paravideo.io.stream import FrameStream
+from paravideo.launch.rendezvous import job_address
 from paravideo.models.experts import ExpertChoice
 from paravideo.models.factors import ModelFactors
 from paravideo.parallel.layout import DistContext, ParallelLayout
@@ -44,7 +46,7 @@ def gather_rank_rows(inputs: ReportInputs, experts, barrier) -> list[tuple[dict,
     stats = inputs.recorder.stats(layers=list(lo_hi), param_bytes=experts.param_bytes(), device=ctx.device)
     row = {**stats.to_json(),
            "param_bytes_by_expert": dict(zip(inputs.factors.experts, experts.param_bytes_by_expert())),
-           **step_cache_row(inputs.step_cache)}
+           "node": socket.gethostname(), "node_ip": job_address(), **step_cache_row(inputs.step_cache)}
     mine = (row, rank_trace(inputs.recorder, layers=lo_hi, barrier=barrier))
     if not ctx.distributed:
         return [mine]
