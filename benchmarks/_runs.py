@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 
@@ -26,6 +27,19 @@ def run_generate(config: dict, *, label: str, workdir: Path | None = None) -> di
     if proc.returncode != 0:
         raise RuntimeError(f"{label} failed:\n{proc.stderr[-2000:]}")
     return json.loads((out / "run.json").read_text())
+
+
+def read_frames(out: Path) -> np.ndarray:
+    """The run's lossless PNG frames as float64 `(t, h, w, 3)`."""
+    import imageio.v3 as iio
+
+    return np.stack([iio.imread(p) for p in sorted((out / "frames").glob("*.png"))]).astype(np.float64)
+
+
+def psnr(ours: np.ndarray, ref: np.ndarray) -> str:
+    """PSNR in dB of 8-bit frames against a reference, "inf (equal)" when identical."""
+    mse = float(np.mean((ours - ref) ** 2))
+    return "inf (equal)" if mse == 0 else f"{10 * np.log10(255.0 ** 2 / mse):.1f}"
 
 
 def table(header: list[str], rows: list[list]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _runs import run_generate, table
+from _runs import psnr, read_frames, run_generate, table
 
 BANDS = 4
 MODES = [("exact", {}), ("distrifusion", {}), ("pcpp", {"pcpp_fraction": 0.1}), ("pcpp", {"pcpp_fraction": 0.3}),
@@ -30,17 +30,6 @@ def _config(mode: str, extra: dict, args) -> dict:
             "parallel": {"patch": BANDS, "patch_mode": mode, "warmup_steps": args.warmup, **extra},
             "launch": {"launcher": "local", "nproc": BANDS, "threads_per_rank": 1},
             "output": {"frames_png": True, "save_latents": True}}
-
-
-def _frames(out: Path) -> np.ndarray:
-    import imageio.v3 as iio
-
-    return np.stack([iio.imread(p) for p in sorted((out / "frames").glob("*.png"))]).astype(np.float64)
-
-
-def _psnr(ours: np.ndarray, ref: np.ndarray) -> str:
-    mse = float(np.mean((ours - ref) ** 2))
-    return "inf (equal)" if mse == 0 else f"{10 * np.log10(255.0 ** 2 / mse):.1f}"
 
 
 def _kv_mib(run: dict) -> dict[str, float]:
@@ -61,7 +50,7 @@ def main() -> None:
         label = mode + "".join(f"-p{v}" for v in extra.values())
         run = run_generate(_config(mode, extra, args), label=label, workdir=workdir)
         out = workdir / label
-        frames, latents = _frames(out), torch.load(out / "latents.pt", weights_only=True)
+        frames, latents = read_frames(out), torch.load(out / "latents.pt", weights_only=True)
         if ref is None:
             ref = (frames, latents)
         kv = _kv_mib(run)
@@ -72,7 +61,7 @@ def main() -> None:
         rows.append([name, f"{run['wall_s']:.1f}",
                      f"{sum(kv.values()):.1f}", f"{stale:.1f}",
                      f"{stale / stale_ref:.0%}" if stale and stale_ref else "-",
-                     _psnr(frames, ref[0]), f"{np.abs(frames - ref[0]).max():.0f}",
+                     psnr(frames, ref[0]), f"{np.abs(frames - ref[0]).max():.0f}",
                      f"{(latents - ref[1]).abs().max().item():.3g}"])
         print(f"{name}: done ({run['wall_s']:.1f} s)", flush=True)
     print(f"\n{args.height // 16} token rows in {BANDS} bands, {args.width}x{args.height} px, {args.frames} frames, "

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _runs import run_generate, table
+from _runs import psnr, read_frames, run_generate, table
 
 
 def _config(args, steps: int, ranks: int, cached: bool) -> dict:
@@ -33,17 +33,6 @@ def _config(args, steps: int, ranks: int, cached: bool) -> dict:
             "parallel": {"pipeline": ranks}, "cache": {"step": cache},
             "launch": {"launcher": "local" if ranks > 1 else "inline", "nproc": ranks, "threads_per_rank": 1},
             "output": {"frames_png": True, "save_latents": True}}
-
-
-def _frames(out: Path) -> np.ndarray:
-    import imageio.v3 as iio
-
-    return np.stack([iio.imread(p) for p in sorted((out / "frames").glob("*.png"))]).astype(np.float64)
-
-
-def _psnr(ours: np.ndarray, ref: np.ndarray) -> str:
-    mse = float(np.mean((ours - ref) ** 2))
-    return "inf (equal)" if mse == 0 else f"{10 * np.log10(255.0 ** 2 / mse):.1f}"
 
 
 def _trajectory(run: dict, block: int) -> list[list]:
@@ -82,13 +71,13 @@ def main() -> None:
             ref, ours = runs[(steps, ranks, False)], runs[(steps, ranks, True)]
             base, fast = statistics.median(walls[(steps, ranks, False)]), statistics.median(walls[(steps, ranks, True)])
             section = ours["step_cache"]
-            frames, ref_frames = _frames(ours["dir"]), _frames(ref["dir"])
+            frames, ref_frames = read_frames(ours["dir"]), read_frames(ref["dir"])
             latents = torch.load(ours["dir"] / "latents.pt", weights_only=True)
             ref_latents = torch.load(ref["dir"] / "latents.pt", weights_only=True)
             rows.append([steps, ranks, " / ".join(f"{w:.1f}" for w in walls[(steps, ranks, False)]),
                          " / ".join(f"{w:.1f}" for w in walls[(steps, ranks, True)]), f"{base / fast:.2f}",
                          f"{section['forwards_reused']} / {section['forwards']}",
-                         f"{section['saved_fraction']:.0%}", _psnr(frames, ref_frames),
+                         f"{section['saved_fraction']:.0%}", psnr(frames, ref_frames),
                          f"{np.abs(frames - ref_frames).max():.0f}",
                          f"{(latents - ref_latents).abs().max().item():.3g}"])
             if ranks == args.ranks[0]:

@@ -31,36 +31,33 @@ def _assert_one_line(tmp_path: Path, name: str) -> None:
         assert spew not in err, err[-3000:]
 
 
-def test_sigterm_to_local_launcher_stops_ranks_and_finalises(tmp_path):
+def _signal_two_rank_run(tmp_path: Path, signum: int, *, ranks_end_within_s: float) -> tuple[Path, int]:
+    """Start a 2-rank local run, signal the CLI once frames exist; return the output folder and CLI's exit code."""
     config, out = write_config(tmp_path, LONG_RUN, TWO_RANKS)
     cli = start_generate(config, tmp_path)
     ranks = []
     try:
         wait_for_frames(out)
         ranks = wait_until(lambda: ranks_of(cli.pid) if len(ranks_of(cli.pid)) == 2 else None, 30, "two ranks")
-        cli.send_signal(signal.SIGTERM)
-        assert cli.wait(timeout=90) == 128 + signal.SIGTERM
-        wait_until(lambda: not any(running(p) for p in ranks), 30, "the ranks to end")
+        cli.send_signal(signum)
+        code = cli.wait(timeout=90)
+        wait_until(lambda: not any(running(p) for p in ranks), ranks_end_within_s, "the ranks to end")
     finally:
         cli.kill()
         kill_leftovers(ranks)
+    return out, code
+
+
+def test_sigterm_to_local_launcher_stops_ranks_and_finalises(tmp_path):
+    out, code = _signal_two_rank_run(tmp_path, signal.SIGTERM, ranks_end_within_s=30)
+    assert code == 128 + signal.SIGTERM
     _assert_finalised(out, "interrupted by SIGTERM")
     _assert_one_line(tmp_path, "SIGTERM")
 
 
 def test_sigkill_to_local_launcher_leaves_no_rank_running(tmp_path):
-    config, out = write_config(tmp_path, LONG_RUN, TWO_RANKS)
-    cli = start_generate(config, tmp_path)
-    ranks = []
-    try:
-        wait_for_frames(out)
-        ranks = wait_until(lambda: ranks_of(cli.pid) if len(ranks_of(cli.pid)) == 2 else None, 30, "two ranks")
-        cli.send_signal(signal.SIGKILL)
-        cli.wait(timeout=30)
-        # The ranks get a parent-death signal and finalise; the launcher's grace bounds it (10 s).
-        wait_until(lambda: not any(running(p) for p in ranks), 40, "the orphaned ranks to end")
-    finally:
-        kill_leftovers(ranks)
+    # The ranks get a parent-death signal and finalise; the launcher's grace bounds it (10 s).
+    out, _ = _signal_two_rank_run(tmp_path, signal.SIGKILL, ranks_end_within_s=40)
     # Rank 0 finalised what it had and said why it stopped.
     _assert_finalised(out, "the launcher")
 
