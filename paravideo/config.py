@@ -151,6 +151,13 @@ class ParallelConfig(_Section):
                                  "a band attends to (and receives)")
     warmup_steps: int = Field(4, ge=1, le=1000, description="distrifusion / pcpp: each block's first steps "
                               "exchange fresh K/V synchronously (step 0 has no stale K/V)")
+    decode: Literal["rank0", "pipeline"] = Field(
+        "rank0", description="rank0 = rank 0 decodes every finished block; pipeline = the VAE decoder's pieces "
+        "are cut across decode_ranks, frames flow rank to rank (bit-identical video; docs/decode_parallel.md)")
+    decode_ranks: list[int] | None = Field(None, description="decode: pipeline: ranks running decoder pieces, in "
+                                           "order, starting with 0; default every rank (at most one per piece)")
+    decode_pieces: list[int] | None = Field(None, description="decode: pipeline: decoder pieces per decode rank; "
+                                            "default balanced by FLOPs (run.json parallel.decode shows the split)")
 
 
 class StepCacheConfig(_Section):
@@ -286,6 +293,17 @@ class RunConfig(_Section):
         from paravideo.cache.step_policy import check_step_cache
 
         check_step_cache(self)
+        return self
+
+    @model_validator(mode="after")
+    def _decode_fits(self) -> RunConfig:
+        par = self.parallel
+        if par.decode == "rank0" and (par.decode_ranks is not None or par.decode_pieces is not None):
+            raise ValueError("parallel.decode_ranks / decode_pieces apply to parallel.decode: pipeline; set it, "
+                             "or drop them")
+        if par.decode == "pipeline" and par.pipeline * par.patch < 2:
+            raise ValueError("parallel.decode: pipeline spreads the decode over ranks, but this run has one rank "
+                             "(parallel.pipeline x parallel.patch = 1); use parallel.decode: rank0")
         return self
 
     @model_validator(mode="after")

@@ -97,11 +97,13 @@ def predict(s: Scenario, profile: HardwareProfile, decode: DecodeShape | None = 
     traffic = traffic_by_rank(s.traffic)
     memory = memory_by_rank(s, profile, decode)
     startup = startup_seconds(s, profile, decode)
+    decoders = decode.shares(s)
     # Bands of a stage run the same schedule: each rank takes its stage's replayed timeline.
     stage_of = [r // s.patch for r in range(s.world_size)]
     ranks = [RankPrediction(rank=r, layers=s.ranges[stage_of[r]], memory=memory[r],
                             busy_s=timeline.ranks[stage_of[r]].busy_s, idle_s=timeline.ranks[stage_of[r]].idle_s,
-                            io_s=timeline.ranks[stage_of[r]].io_s if r == 0 else 0.0, bytes_by_kind=traffic.get(r, {}))
+                            io_s=timeline.ranks[stage_of[r]].io_s if r in decoders else 0.0,
+                            bytes_by_kind=traffic.get(r, {}))
              for r in range(s.world_size)]
     return Prediction(profile=profile.name, wall_s=startup + timeline.loop_s + profile.finish_s,
                       first_frame_s=startup + timeline.first_frame_s, startup_s=startup, loop_s=timeline.loop_s,

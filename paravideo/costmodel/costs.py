@@ -59,22 +59,45 @@ def schedule_costs(s: Scenario, profile: HardwareProfile, decode: DecodeShape, s
     t = s.traffic
     gather = [sum(profile.message_s(t.latent_bytes(b.frames, band)) for band in range(1, s.patch))
               for b in s.plan.blocks]
-    block_out = [(b.frames * profile.decode_frame_overhead_s + decode.block_flops(s, b.index)
-                  / profile.vae_flops_per_s) * slow + s.block_output_frames(b.index) * write_frame_s + gather[b.index]
-                 for b in s.plan.blocks]
+    decode_block_s = [(b.frames * profile.decode_frame_overhead_s + decode.block_flops(s, b.index)
+                       / profile.vae_flops_per_s) * slow for b in s.plan.blocks]
+    share = decode.shares(s)
+    received = _decode_input_s(s, profile, decode)
+    # Bands of a stage run side by side: the stage's timeline carries the largest band's decode share.
+    stage_decode = [[max((share.get(s.patch * stage + band, 0.0) * d + received.get(s.patch * stage + band, 0.0)
+                          * b.frames for band in range(1 if stage == 0 else 0, s.patch)), default=0.0)
+                     for b, d in zip(s.plan.blocks, decode_block_s)] for stage in range(s.pipeline)]
+    block_out = [max(share[0] * d + s.block_output_frames(b.index) * write_frame_s + gather[b.index], other)
+                 for b, d, other in zip(s.plan.blocks, decode_block_s, stage_decode[0])]
     block_out[0] += profile.video_open_s
     seqs = range(len(s.plan.forwards))
     return ScheduleCosts(layers_s=layers_s, embed_s=embed_s, head_s=head_s,
                          scheduler_step_s=profile.scheduler_step_s * slow, block_out_s=block_out,
                          hidden_msg_s=[profile.message_s(t.hidden_bytes(q)) for q in seqs],
                          prediction_msg_s=[profile.message_s(t.prediction_bytes(q)) for q in seqs],
-                         wait_s=profile.wait_overhead_s)
+                         wait_s=profile.wait_overhead_s, decode_s=stage_decode[1:])
+
+
+def _decode_input_s(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> dict[int, float]:
+    """Seconds per latent frame each decode rank spends taking its input activations off the wire."""
+    placement = decode.placement(s)
+    if placement is None:
+        return {}
+    return {r: profile.message_s(decode.pieces[placement.range_of(r)[0] - 1].out_bytes)
+            for r in placement.ranks[1:]}
+
+
+def text_encoder_flops(s: Scenario) -> int:
+    """The text encoder's forward over every prompt (and the negative one): ~2 FLOPs per weight per token."""
+    return 2 * (s.shape.text_encoder_params or 0) * s.text_tokens * (s.prompts + int(s.cfg))
 
 
 def startup_seconds(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> float:
-    """Fixed start-up plus reading rank 0's share (its stage, the float32 text encoder and VAE)."""
+    """Fixed start-up plus reading rank 0's share (its stage, the float32 text encoder and VAE) and encoding
+    the prompts there."""
     lo, hi = s.ranges[0]
     nbytes = stage_param_bytes(s.shape, hi - lo, s.dtype_bytes) + 4 * ((s.shape.text_encoder_params or 0)
                                                                        + decode.params)
-    text = text_projection_flops(s.shape, s.prompts + int(s.cfg), s.text_tokens) / profile.dit_flops_per_s
+    text = (text_projection_flops(s.shape, s.prompts + int(s.cfg), s.text_tokens)
+            + text_encoder_flops(s)) / profile.dit_flops_per_s
     return profile.startup_s + nbytes / (profile.load_gbps * 1e9) + text

@@ -93,3 +93,5 @@ def vae_decode_flops(vae_config: dict, latent_height: int, latent_width: int) ->
             decoder.decode(z)
         counts.append(int(counter.get_total_flops()))
     return counts[0], counts[1]
+
+

@@ -27,10 +27,12 @@ class MemoryBreakdown:
     comm_buffers: int
     driver: int  # rank 0: latent queue with scheduler state, and the VAE
     text_encoder: int  # rank 0: held only while the prompts are encoded, before the loop
+    decode: int = 0  # decoder caches and activations of the rank's pieces; other decode ranks' VAE weights
 
     @property
     def peak(self) -> int:
-        loop = self.activations + self.feature_cache + self.stale_buffers + self.comm_buffers + self.driver
+        loop = (self.activations + self.feature_cache + self.stale_buffers + self.comm_buffers + self.driver
+                + self.decode)
         return self.base + self.weights + max(self.text_encoder, loop)
 
     def to_json(self) -> dict:
@@ -96,6 +98,12 @@ def _driver(s: Scenario, decode: DecodeShape, band: int) -> int:
     return int(s.plan.max_queue * LATENT_COPIES * latent) + (decode.params * FP32 if band == 0 else 0)
 
 
+def _decode(s: Scenario, decode: DecodeShape, rank: int) -> int:
+    """The rank's decode working set; a decode rank other than 0 also loads the float32 VAE."""
+    weights = decode.params * FP32 if rank != 0 and rank in decode.shares(s) else 0
+    return weights + decode.memory(s, rank)
+
+
 def _text_bytes(s: Scenario, profile: HardwareProfile) -> int:
     """Bytes per text-encoder parameter: the worker loads it in float32 on CPU, in the model dtype on GPU."""
     return FP32 if profile.device == "cpu" else s.dtype_bytes
@@ -113,5 +121,6 @@ def memory_by_rank(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -
             activations=activations[band], feature_cache=_feature_cache(s, hi - lo),
             stale_buffers=_stale_buffers(s, hi - lo, band), comm_buffers=_comm_buffers(s, stage),
             driver=_driver(s, decode, band) if stage == 0 else 0,
-            text_encoder=(s.shape.text_encoder_params or 0) * _text_bytes(s, profile) if rank == 0 else 0))
+            text_encoder=(s.shape.text_encoder_params or 0) * _text_bytes(s, profile) if rank == 0 else 0,
+            decode=_decode(s, decode, rank)))
     return out

@@ -25,11 +25,12 @@ class Candidate:
     def overrides(self) -> list[str]:
         s = self.scenario
         return [f"parallel.pipeline={s.pipeline}", f"parallel.patch={s.patch}", f"launch.nproc={s.world_size}",
-                f"blocks.block_frames={s.block_frames}"]
+                f"blocks.block_frames={s.block_frames}", f"parallel.decode={s.decode}"]
 
     def row(self) -> dict:
         p, s = self.prediction, self.scenario
         return {"gpus_used": s.world_size, "pipeline": s.pipeline, "patch": s.patch, "block_frames": s.block_frames,
+                "decode": s.decode,
                 "blocks": len(s.plan.blocks), "wall_s": p.wall_s, "time_to_first_frame_s": p.first_frame_s,
                 "max_memory_gib": p.max_peak_memory / GIB, "fits": self.fits, "bubble": p.bubble,
                 "sent_gib": p.bytes_sent / GIB, "overrides": self.overrides}
@@ -58,14 +59,16 @@ def meshes(base: Scenario, gpus: int) -> list[tuple[int, int]]:
 
 
 def candidates(base: Scenario, gpus: int, profile: HardwareProfile) -> list[Candidate]:
-    """Every mesh with every block size, predicted."""
+    """Every mesh with every block size and decode placement, predicted."""
     decode = DecodeShape.of(base)
     out = []
     for pipeline, patch in meshes(base, gpus):
+        placements = ("rank0", "pipeline") if pipeline * patch > 1 and decode.pieces else ("rank0",)
         for block in block_sizes(base):
-            scenario = base.but(pipeline=pipeline, patch=patch, block_frames=block)
-            prediction = predict(scenario, profile, decode)
-            out.append(Candidate(scenario, prediction, prediction.max_peak_memory <= profile.memory_gib * GIB))
+            for placement in placements:
+                scenario = base.but(pipeline=pipeline, patch=patch, block_frames=block, decode=placement)
+                prediction = predict(scenario, profile, decode)
+                out.append(Candidate(scenario, prediction, prediction.max_peak_memory <= profile.memory_gib * GIB))
     return rank(out)
 
 
@@ -78,11 +81,13 @@ def render(items: list[Candidate], *, top: int, profile: HardwareProfile, gpus: 
     """A plain-text table of the best `top` candidates and the recommended overrides."""
     lines = [f"candidate plans for {gpus} GPU(s) on profile {profile.name} ({profile.description}); "
              "ranked by predicted wall time among plans that fit in memory",
-             f"{'#':>3} {'gpus':>4} {'pipe':>4} {'patch':>5} {'block':>5} {'blocks':>6} {'wall s':>10} {'1st frame s':>11} "
+             f"{'#':>3} {'gpus':>4} {'pipe':>4} {'patch':>5} {'block':>5} {'decode':>8} {'blocks':>6} {'wall s':>10} "
+             f"{'1st frame s':>11} "
              f"{'GiB/GPU':>8} {'fits':>4} {'bubble':>6} {'GiB sent':>9}"]
     for i, c in enumerate(items[:top], 1):
         r = c.row()
-        lines.append(f"{i:>3} {r['gpus_used']:>4} {r['pipeline']:>4} {r['patch']:>5} {r['block_frames']:>5} {r['blocks']:>6} "
+        lines.append(f"{i:>3} {r['gpus_used']:>4} {r['pipeline']:>4} {r['patch']:>5} {r['block_frames']:>5} "
+                     f"{r['decode']:>8} {r['blocks']:>6} "
                      f"{r['wall_s']:>10.1f} {r['time_to_first_frame_s']:>11.1f} {r['max_memory_gib']:>8.2f} "
                      f"{'yes' if r['fits'] else 'NO':>4} {r['bubble']:>6.2f} {r['sent_gib']:>9.2f}")
     if items and items[0].fits:

@@ -9,6 +9,7 @@ from paravideo.parallel.patch.bands import BandSplit
 from paravideo.costmodel.flops import Window, vae_decode_flops, window
 from paravideo.costmodel.shapes import DiTShape
 from paravideo.costmodel.traffic import TrafficLayout
+from paravideo.io.decoder_pieces import decoder_piece_costs
 from paravideo.schedule.plan import BlockPlan, Forward, make_plan
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -37,6 +38,9 @@ class Scenario:
     patch_mode: str = "exact"
     pcpp_fraction: float = 0.3
     warmup_steps: int = 4
+    decode: str = "rank0"  # parallel.decode
+    decode_ranks: tuple[int, ...] | None = None
+    decode_pieces: tuple[int, ...] | None = None
 
     @classmethod
     def from_config(cls, config, shape: DiTShape | None = None) -> Scenario:
@@ -58,12 +62,19 @@ class Scenario:
                    text_tokens=config.model.text_max_length, prompts=len(prompts),
                    threads_per_rank=config.launch.threads_per_rank, patch=config.parallel.patch,
                    patch_mode=config.parallel.patch_mode, pcpp_fraction=config.parallel.pcpp_fraction,
-                   warmup_steps=config.parallel.warmup_steps)
+                   warmup_steps=config.parallel.warmup_steps, decode=config.parallel.decode,
+                   decode_ranks=tuple(config.parallel.decode_ranks) if config.parallel.decode_ranks else None,
+                   decode_pieces=tuple(config.parallel.decode_pieces) if config.parallel.decode_pieces else None)
 
     def but(self, **changes) -> Scenario:
         """A copy with some fields changed (layer split reset when the stage count changes)."""
         if "pipeline" in changes and "stage_layers" not in changes:
             changes["stage_layers"] = None
+        if ("pipeline" in changes or "patch" in changes) and "decode_ranks" not in changes:
+            changes.update(decode_ranks=None, decode_pieces=None)
+        if changes.get("decode", self.decode) == "pipeline" and \
+                changes.get("pipeline", self.pipeline) * changes.get("patch", self.patch) < 2:
+            changes["decode"] = "rank0"  # one rank has nobody to share the decode with
         return replace(self, **changes)
 
     @property
@@ -130,6 +141,45 @@ class DecodeShape:
     params: int = 0
     first_frame_flops: int = 0
     frame_flops: int = 0
+    pieces: tuple = ()  # PieceCost of each decoder piece (io/decoder_pieces.py), a later frame
+
+    def placement(self, scenario: Scenario):
+        """The engine's DecodePlacement for `scenario` (None: rank 0 decodes everything)."""
+        if scenario.decode != "pipeline" or not self.pieces:
+            return None
+        from paravideo.io.decode_placement import make_placement
+
+        return make_placement(world_size=scenario.world_size, num_pieces=len(self.pieces),
+                              piece_costs=[float(p.flops) for p in self.pieces],
+                              ranks=list(scenario.decode_ranks) if scenario.decode_ranks else None,
+                              counts=list(scenario.decode_pieces) if scenario.decode_pieces else None)
+
+    def shares(self, scenario: Scenario) -> dict[int, float]:
+        """Fraction of the decode FLOPs each rank runs ({0: 1.0} when rank 0 decodes everything)."""
+        placement = self.placement(scenario)
+        if placement is None:
+            return {0: 1.0}
+        total = sum(p.flops for p in self.pieces) or 1
+        return {r: sum(p.flops for p in self.pieces[slice(*placement.range_of(r))]) / total
+                for r in placement.ranks}
+
+    def memory(self, scenario: Scenario, rank: int) -> int:
+        """Decode working set of `rank`: its pieces' causal caches, the widest activation it makes (held
+        with its input), and the activations of sends in flight and pooled receives at its cuts."""
+        if not self.pieces:
+            return 0
+        from paravideo.parallel.comm import MAX_SENDS_IN_FLIGHT
+
+        placement = self.placement(scenario)
+        lo, hi = placement.range_of(rank) if placement else ((0, len(self.pieces)) if rank == 0 else (0, 0))
+        if lo == hi:
+            return 0
+        mine = self.pieces[lo:hi]
+        held = sum(p.cache_bytes for p in mine) + 2 * max(p.out_bytes for p in mine)
+        if placement is not None:
+            held += MAX_SENDS_IN_FLIGHT // 2 * mine[-1].out_bytes  # a header and a tensor per frame
+            held += self.pieces[lo - 1].out_bytes if lo > 0 else 0  # the receive buffer
+        return held
 
     @classmethod
     def of(cls, scenario: Scenario) -> DecodeShape:
@@ -144,7 +194,8 @@ class DecodeShape:
             params = sum(p.numel() for p in AutoencoderKLWan(
                 **{k: v for k, v in config.items() if not k.startswith("_")}).parameters())
         first, later = vae_decode_flops(config, scenario.latent_height, scenario.latent_width)
-        return cls(params=params, first_frame_flops=first, frame_flops=later)
+        pieces = tuple(decoder_piece_costs(config, scenario.latent_height, scenario.latent_width))
+        return cls(params=params, first_frame_flops=first, frame_flops=later, pieces=pieces)
 
     def block_flops(self, scenario: Scenario, block: int) -> int:
         """FLOPs to decode one block's latent frames."""

@@ -28,6 +28,9 @@ class ScheduleCosts:
     hidden_msg_s: list[float]  # one stage boundary, per forward
     prediction_msg_s: list[float]  # last stage to rank 0, per forward
     wait_s: float = 0.0  # every wait call costs this much, even on a message that already arrived
+    # parallel.decode: pipeline: [stage - 1][block] seconds of a later stage's decode share, done between its
+    # forwards once the previous decode rank has handed the block on (empty: rank 0 decodes everything)
+    decode_s: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -93,15 +96,31 @@ def replay(plan: BlockPlan, costs: ScheduleCosts, *, stages: int) -> Replay:
     recv_posted = [0.0] * stages  # when stage s posted the receive of the forward it waits for next
     state = {"applied": -1, "first_frame": None}
     last = stages - 1
+    decoding = [s for s in range(1, stages) if s - 1 < len(costs.decode_s) and any(costs.decode_s[s - 1])]
+    pending: list[deque] = [deque() for _ in range(stages)]  # (ready, block) decode shares not yet run
 
     def apply(t: float, seq: int) -> float:
         fwd = plan.forwards[seq]
         t = ranks[0].run(t, costs.scheduler_step_s, "scheduler step")
         if fwd.is_last_step:
             t = ranks[0].run(t, costs.block_out_s[fwd.block], f"decode+write block {fwd.block}", "io")
-            if state["first_frame"] is None:
+            if decoding:
+                pending[decoding[0]].append((t, fwd.block))
+            elif state["first_frame"] is None:
                 state["first_frame"] = t
         state["applied"] = seq
+        return t
+
+    def decode_due(s: int, t: float, *, drain: bool = False) -> float:
+        """Stage `s` runs the decode shares handed to it by `t` (all of them when draining)."""
+        while pending[s] and (drain or pending[s][0][0] <= t):
+            ready, block = pending[s].popleft()
+            t = ranks[s].run(max(t, ready), costs.decode_s[s - 1][block], f"decode block {block}", "io")
+            following = [d for d in decoding if d > s]
+            if following:
+                pending[following[0]].append((t, block))
+            elif state["first_frame"] is None:
+                state["first_frame"] = t
         return t
 
     def drain(t: float, upto: int) -> float:
@@ -128,6 +147,7 @@ def replay(plan: BlockPlan, costs: ScheduleCosts, *, stages: int) -> Replay:
             arrival, t = sends[0].post(t, recv_posted[1], costs.hidden_msg_s[seq])
         now[0] = t
         for s in range(1, stages):
+            now[s] = decode_due(s, now[s])
             t = ranks[s].wait_until(now[s], arrival, "wait hidden", costs.wait_s)
             recv_posted[s] = t
             t = ranks[s].run(t, costs.layers_s[s][seq], label)
@@ -138,6 +158,8 @@ def replay(plan: BlockPlan, costs: ScheduleCosts, *, stages: int) -> Replay:
                 pred_arrival[seq], t = sends[s].post(t, pred_posted[seq], costs.prediction_msg_s[seq])
             now[s] = t
     now[0] = drain(now[0], len(plan.forwards) - 1)
+    for s in decoding:  # in chain order, so each hands its last blocks on before the next drains
+        now[s] = decode_due(s, now[s], drain=True)
     for s in range(stages):
         ranks[s].end_s = sends[s].flush(now[s])
     return Replay(ranks=ranks, first_frame_s=state["first_frame"] or 0.0)

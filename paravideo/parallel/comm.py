@@ -30,6 +30,9 @@ class Tag(IntEnum):
     LATENTS = 2
     STEP_CACHE = 3  # step-cache decision headers (along the pipeline) and statistics (between bands)
     STEP_CACHE_START = 4  # step cache: a computed forward's starting hidden states, first stage to last
+    DECODE = 5  # decoder activations between decode ranks (io/decode_pipeline.py)
+    DECODE_FRAMES = 6  # decoded uint8 frames to the writer
+    DECODE_STATE = 7  # decode caches for resume checkpoints
 
 
 class CommTimeout(ParavideoError):

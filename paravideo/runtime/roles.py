@@ -18,6 +18,9 @@ import torch
 from paravideo.cache.step_wiring import StepCacheParts, attach_step_cache
 from paravideo.config import RunConfig
 from paravideo.io.checkpoint import Checkpointer
+from paravideo.io.decode_pipeline import PipelinedFrameStream, RemoteDecodeStage, decode_timeout_s
+from paravideo.io.decode_placement import DecodePlacement, make_placement
+from paravideo.io.decoder_pieces import DecoderRange, decoder_piece_costs
 from paravideo.io.sink import PARTIAL_NAME, VideoSink
 from paravideo.io.stream import FrameStream
 from paravideo.parallel.comm import P2P
@@ -43,6 +46,7 @@ class RankRoles:
     output: FrameStream | None = None
     checkpointer: Checkpointer | None = None
     step_cache: StepCacheParts | None = None  # with cache.step (its report goes into run.json)
+    decode_stage: RemoteDecodeStage | None = None  # parallel.decode: pipeline, a decode rank other than 0
 
 
 @dataclass
@@ -63,18 +67,72 @@ def assemble_roles(rc: RoleContext, stack: ExitStack, *, before_forward: Callabl
     p2p = P2P(ctx.rank, device=ctx.device, recorder=rc.recorder, timeout_s=cfg.launch.timeout_s) \
         if ctx.distributed else None
     add_hooks(rc, p2p)
+    placement = decode_placement(rc)
     driver, output, checkpointer, start_seq = None, None, None, 0
     if ctx.is_driver:
-        driver, output, checkpointer, progress = _driver_side(rc, stack, p2p, on_output)
+        driver, output, checkpointer, progress = _driver_side(rc, stack, p2p, on_output, placement)
         start_seq = checkpointer.restore() if cfg.output.resume else 0
         progress.update(start_seq)
     elif rc.model.stage_index == 0:
         driver = BlockDriver(rc.model.plan, noise=_noise(rc), bank=rc.model.bank, recorder=rc.recorder,
                              on_block_done=SendBandLatents(p2p, DRIVER_RANK))
     start_seq = _share_start(ctx, start_seq)
+    decode_stage = _remote_decode_stage(rc, placement, start_seq)
+    if decode_stage is not None:
+        stack.callback(decode_stage.close)
+        inner = before_forward
+
+        def before_forward(fwd: Forward) -> None:
+            decode_stage.check()  # a failed decode thread ends this rank's run too
+            inner(fwd)
     runner, step_cache = _runner(rc, p2p, driver, before_forward, checkpointer)
     return RankRoles(runner=runner, p2p=p2p, start_seq=start_seq, output=output, checkpointer=checkpointer,
-                     step_cache=step_cache)
+                     step_cache=step_cache, decode_stage=decode_stage)
+
+
+def decode_placement(rc: RoleContext) -> DecodePlacement | None:
+    """Which ranks run which VAE decoder pieces (None: rank 0 decodes everything); the same on every rank."""
+    cfg = rc.config
+    if cfg.parallel.decode != "pipeline":
+        return None
+    factors = rc.model.factors
+    costs = decoder_piece_costs(factors.vae_config, *factors.latent_size(cfg.video.height, cfg.video.width))
+    return make_placement(world_size=rc.ctx.world_size, num_pieces=len(costs),
+                          piece_costs=[float(c.flops) for c in costs], ranks=cfg.parallel.decode_ranks,
+                          counts=cfg.parallel.decode_pieces)
+
+
+def _decode_p2p(rc: RoleContext) -> Callable[[], P2P]:
+    # A decode thread waits for a block as long as the DiT takes to finish one.
+    timeout = decode_timeout_s(rc.config.launch.timeout_s, rc.config.sampling.steps)
+    return lambda: P2P(rc.ctx.rank, device=rc.ctx.device, recorder=rc.recorder, timeout_s=timeout)
+
+
+def _output_stream(rc: RoleContext, vae, sink: VideoSink, p2p: P2P | None,
+                   placement: DecodePlacement | None) -> FrameStream:
+    """The driver's decode and write: all of it here, or the first decoder pieces plus the mp4 writer."""
+    out = rc.config.output
+    if placement is None:
+        return FrameStream(rc.model.family.streaming_decoder(vae), sink, rc.recorder, keep_latents=out.save_latents,
+                           background=out.background_decode)
+    return PipelinedFrameStream(DecoderRange(vae, *placement.range_of(DRIVER_RANK)), sink, rc.recorder,
+                                placement=placement, plan=rc.model.plan, main_p2p=p2p, make_p2p=_decode_p2p(rc),
+                                keep_latents=out.save_latents, background=out.background_decode)
+
+
+def _remote_decode_stage(rc: RoleContext, placement: DecodePlacement | None,
+                         start_seq: int) -> RemoteDecodeStage | None:
+    """A decode rank's helper thread (started), or None when this rank decodes nothing beside the driver."""
+    rank = rc.ctx.rank
+    if placement is None or rank == DRIVER_RANK or placement.range_of(rank) is None:
+        return None
+    vae = rc.model.family.load_vae(rc.model.root, device=rc.ctx.device)
+    vae.encoder = None  # this rank only decodes
+    stage = RemoteDecodeStage(DecoderRange(vae, *placement.range_of(rank)), rank=rank, placement=placement,
+                              p2p=_decode_p2p(rc)(), recorder=rc.recorder, plan=rc.model.plan,
+                              checkpoint_every=rc.config.output.checkpoint_every, start_seq=start_seq)
+    stage.start()
+    return stage
 
 
 def add_hooks(rc: RoleContext, p2p: P2P | None) -> None:
@@ -102,14 +160,14 @@ def _noise(rc: RoleContext):
     return BandNoise(noise, geo.latent_rows) if rc.layout.patch > 1 else noise
 
 
-def _driver_side(rc: RoleContext, stack: ExitStack, p2p: P2P | None, on_output: Callable[[FrameStream], None]):
+def _driver_side(rc: RoleContext, stack: ExitStack, p2p: P2P | None, on_output: Callable[[FrameStream], None],
+                 placement: DecodePlacement | None):
     """The driver rank's output (VAE decode, mp4 sink), block queue, checkpointer and progress bar."""
     cfg, model = rc.config, rc.model
     vae = model.family.load_vae(model.root, device=rc.ctx.device)
     sink = VideoSink(Path(cfg.output.dir), width=cfg.video.width, height=cfg.video.height,
                      fps=cfg.video.fps, frames_png=cfg.output.frames_png)
-    output = FrameStream(model.family.streaming_decoder(vae), sink, rc.recorder,
-                         keep_latents=cfg.output.save_latents, background=cfg.output.background_decode)
+    output = _output_stream(rc, vae, sink, p2p, placement)
     on_output(output)
     # The mp4 is finalised on every path; a run that did not finish names it video.incomplete.mp4.
     keep = cfg.output.checkpoint_every > 0  # a later --resume needs the segments

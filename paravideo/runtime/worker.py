@@ -45,7 +45,7 @@ class FaultSpec:
     @classmethod
     def from_env(cls) -> FaultSpec | None:
         raw = os.environ.get(FAULT_ENV)
-        if not raw:
+        if not raw or ":decode:" in raw:  # decode faults: io/decode_pipeline.py DecodeFault
             return None
         rank, forward = raw.split(":")
         return cls(int(rank), int(forward))
@@ -107,6 +107,8 @@ class Worker:
         roles.runner.run(roles.start_seq)
         if roles.p2p is not None:
             roles.p2p.flush()  # a first-stage band's last finished rows may still be on their way
+        if roles.decode_stage is not None:
+            roles.decode_stage.finish()  # every frame has gone through this rank's decoder pieces
         output = roles.output
         if output is not None:
             output.flush()

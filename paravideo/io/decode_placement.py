@@ -1,0 +1,117 @@
+"""Which ranks run which decoder pieces (parallel.decode: pipeline), and where the cuts go by cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from paravideo.errors import ConfigError
+
+WRITER_RANK = 0  # the mp4 sink, run.json and checkpoints stay with the driver rank
+
+
+@dataclass(frozen=True)
+class DecodePlacement:
+    """Decoder pieces [cuts[i], cuts[i+1]) run on ranks[i]; frames flow ranks[0] -> ... -> ranks[-1] -> writer.
+
+    ranks[0] is the driver (it holds the clean latents); every other rank decodes on a helper
+    thread beside its DiT stage, so a rank's total is its layers plus its decode share.
+    """
+
+    ranks: tuple[int, ...]
+    cuts: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        assert len(self.cuts) == len(self.ranks) + 1 and self.cuts[0] == 0, (self.ranks, self.cuts)
+        assert all(a < b for a, b in zip(self.cuts, self.cuts[1:])), self.cuts
+
+    @property
+    def pieces(self) -> int:
+        return self.cuts[-1]
+
+    def range_of(self, rank: int) -> tuple[int, int] | None:
+        """The decoder pieces [lo, hi) of `rank`, or None when it decodes nothing."""
+        if rank not in self.ranks:
+            return None
+        i = self.ranks.index(rank)
+        return self.cuts[i], self.cuts[i + 1]
+
+    def prev_of(self, rank: int) -> int:
+        return self.ranks[self.ranks.index(rank) - 1]
+
+    def next_of(self, rank: int) -> int:
+        """Where `rank` sends its output: the next decode rank, or the writer after the last one."""
+        i = self.ranks.index(rank)
+        return self.ranks[i + 1] if i + 1 < len(self.ranks) else WRITER_RANK
+
+    def to_json(self) -> dict:
+        return {"ranks": list(self.ranks), "pieces": [b - a for a, b in zip(self.cuts, self.cuts[1:])]}
+
+
+def balanced_counts(costs: list[float], parts: int, base: list[float] | None = None) -> list[int]:
+    """Pieces per part (contiguous, each >= 1) minimising the largest part's `base + cost` (exhaustive DP)."""
+    n = len(costs)
+    base = base or [0.0] * parts
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    # best[p][i]: the smallest max load placing the first i pieces on the first p parts.
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]
+    cut = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0.0
+    for p in range(1, parts + 1):
+        for i in range(p, n - (parts - p) + 1):
+            for j in range(p - 1, i):
+                load = max(best[p - 1][j], base[p - 1] + prefix[i] - prefix[j])
+                if load < best[p][i]:
+                    best[p][i], cut[p][i] = load, j
+    counts, i = [], n
+    for p in range(parts, 0, -1):
+        counts.append(i - cut[p][i])
+        i = cut[p][i]
+    return counts[::-1]
+
+
+def make_placement(*, world_size: int, num_pieces: int, piece_costs: list[float], ranks: list[int] | None,
+                   counts: list[int] | None, base: list[float] | None = None) -> DecodePlacement:
+    """The placement the config asks for; default ranks: every rank in order (at most one per piece);
+    default counts: balanced by `piece_costs` on top of each rank's `base` load."""
+    ranks = list(ranks) if ranks is not None else list(range(min(world_size, num_pieces)))
+    if ranks[0] != 0 or len(set(ranks)) != len(ranks) or any(not 0 <= r < world_size for r in ranks):
+        raise ConfigError(f"parallel.decode_ranks = {ranks} must start with rank 0 (it holds the finished latents) "
+                          f"and name distinct ranks below the world size {world_size}")
+    if len(ranks) < 2:
+        raise ConfigError("parallel.decode: pipeline needs at least 2 decode ranks; use parallel.decode: rank0 "
+                          "for a one-rank run")
+    if len(ranks) > num_pieces:
+        raise ConfigError(f"parallel.decode_ranks names {len(ranks)} ranks, but this model's VAE decoder has "
+                          f"{num_pieces} pieces to share; name at most {num_pieces}")
+    if counts is None:
+        counts = balanced_counts(piece_costs, len(ranks), base)
+    elif len(counts) != len(ranks) or sum(counts) != num_pieces or min(counts) < 1:
+        raise ConfigError(f"parallel.decode_pieces = {counts} must give each of the {len(ranks)} decode ranks at "
+                          f"least one piece and sum to the decoder's {num_pieces} pieces")
+    cuts = [0]
+    for c in counts:
+        cuts.append(cuts[-1] + c)
+    return DecodePlacement(tuple(ranks), tuple(cuts))
+
+
+def finished_frames_by_iteration(plan) -> list[int]:
+    """Latent frames that have left the queue (and so been decoded) once each iteration is applied."""
+    done_at: dict[int, int] = {}
+    for fwd in plan.forwards:
+        if fwd.is_last_step:
+            done_at[fwd.iteration] = done_at.get(fwd.iteration, 0) + plan.blocks[fwd.block].frames
+    out, total = [], 0
+    for it in range(plan.iterations):
+        total += done_at.get(it, 0)
+        out.append(total)
+    return out
+
+
+def checkpoint_iterations(plan, every: int, *, after: int = -1) -> list[int]:
+    """The iterations after which the Checkpointer writes (the same rule as io/checkpoint.py), past `after`."""
+    if not every:
+        return []
+    return [it for it in range(after + 1, plan.iterations - 1) if (it + 1) % every == 0]
