@@ -64,7 +64,6 @@ def end_to_end(args) -> None:
 def decode_only(args) -> None:
     import torch
 
-    from paravideo.costmodel.cost_model import predict
     from paravideo.costmodel.profiles import load_profile
     from paravideo.costmodel.scenario import DecodeShape, Scenario
     from paravideo.costmodel.shapes import shape_for_model_path
