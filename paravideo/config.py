@@ -158,6 +158,19 @@ class ParallelConfig(_Section):
                                            "order, starting with 0; default every rank (at most one per piece)")
     decode_pieces: list[int] | None = Field(None, description="decode: pipeline: decoder pieces per decode rank; "
                                             "default balanced by FLOPs (run.json parallel.decode shows the split)")
+    cfg: int = Field(1, ge=1, le=2, description="2 = classifier-free guidance's conditional and unconditional "
+                     "branches on two rank groups (needs sampling.guidance_scale > 1); ranks = cfg x pipeline x "
+                     "patch x ring x ulysses")
+    ulysses: int = Field(1, ge=1, le=MAX_RANKS, description="sequence parallelism inside a stage: ranks that "
+                         "split a window's tokens and swap them for attention heads with an all-to-all (the "
+                         "model's heads must divide by it); exact")
+    ring: int = Field(1, ge=1, le=MAX_RANKS, description="sequence parallelism inside a stage: ranks that split "
+                      "a window's tokens and share K/V over a ring group, attention merged chunk by chunk "
+                      "(online softmax, within 1e-5 of one rank in float32)")
+    sp_backend: Literal["auto", "torch", "xfuser"] = Field(
+        "auto", description="sequence-parallel attention: torch = torch.distributed collectives (gloo or "
+        "NCCL); xfuser = xDiT's USP attention (CUDA only, the xdit extra); auto = torch (xfuser is not wired "
+        "up yet, see docs/sequence_parallel.md)")
 
 
 class StepCacheConfig(_Section):
@@ -304,6 +317,33 @@ class RunConfig(_Section):
         if par.decode == "pipeline" and par.pipeline * par.patch < 2:
             raise ValueError("parallel.decode: pipeline spreads the decode over ranks, but this run has one rank "
                              "(parallel.pipeline x parallel.patch = 1); use parallel.decode: rank0")
+        return self
+
+    @model_validator(mode="after")
+    def _new_axes_fit(self) -> RunConfig:
+        par = self.parallel
+        seq = par.ulysses * par.ring
+        if par.cfg > 1 and self.sampling.guidance_scale <= 1.0:
+            raise ValueError(f"parallel.cfg = {par.cfg} splits classifier-free guidance's two branches, but "
+                             f"sampling.guidance_scale = {self.sampling.guidance_scale} turns guidance off (one "
+                             "branch); set parallel.cfg: 1 or guidance_scale > 1")
+        if par.patch > 1 and (seq > 1 or par.cfg > 1):
+            raise ValueError(f"parallel.patch = {par.patch} cannot be combined with parallel.ulysses / ring / cfg "
+                             "yet (bands and sequence chunks both split a stage's tokens); use one of them")
+        if (seq > 1 or par.cfg > 1) and self.output.checkpoint_every:
+            # Checkpoints hold rank 0's queue; other first-stage ranks keep replicas a resume cannot restore yet.
+            raise ValueError("output.checkpoint_every is not supported with parallel.ulysses, ring or cfg > 1 yet; "
+                             "set output.checkpoint_every: 0")
+        if (seq > 1 or par.cfg > 1) and self.cache.step.policy != "off":
+            # Each CFG group or token chunk would judge reuse on its own share and could decide differently.
+            raise ValueError(f"cache.step.policy {self.cache.step.policy!r} is not supported with parallel.ulysses, "
+                             "ring or cfg > 1 yet; set cache.step.policy: off or those degrees to 1")
+        if (seq > 1 or par.cfg > 1) and par.decode == "pipeline":
+            raise ValueError("parallel.decode: pipeline is not supported with parallel.ulysses, ring or cfg > 1 yet "
+                             "(their combination is untested); set parallel.decode: rank0")
+        if par.sp_backend == "xfuser" and seq > 1 and self.model.device == "cpu":
+            raise ValueError("parallel.sp_backend 'xfuser' needs CUDA (xfuser cannot even be imported without a "
+                             "GPU), but model.device is 'cpu'; use parallel.sp_backend: torch or auto")
         return self
 
     @model_validator(mode="after")

@@ -23,7 +23,7 @@ def preflight(config: RunConfig, *, world_size: int | None = None) -> ModelFacto
     from paravideo.parallel.layout import ParallelLayout
     from paravideo.parallel.partition import stage_ranges
 
-    layout = ParallelLayout(pipeline=config.parallel.pipeline, patch=config.parallel.patch)
+    layout = ParallelLayout.from_config(config.parallel)
     if world_size is None:
         world_size = {"inline": 1, "local": config.launch.nproc, "ray": config.launch.nproc}.get(
             config.launch.launcher, layout.world_size)
@@ -49,7 +49,11 @@ def _check_launch_target(config: RunConfig, ranks: int) -> None:
 
         check_ray_address(launch.ray_address, timeout_s=launch.ray_connect_timeout_s)
     # Only inline and local ranks run here; torchrun and Ray ranks check their own machines' devices.
-    elif config.model.device == "cuda" and launch.launcher in ("inline", "local"):
+    elif config.parallel.sp_backend == "xfuser" and launch.launcher in ("inline", "local"):
+        from paravideo.parallel.seq.backend import check_backend_here
+
+        check_backend_here(config)
+    if config.model.device == "cuda" and launch.launcher in ("inline", "local"):
         import torch
 
         if not torch.cuda.is_available():

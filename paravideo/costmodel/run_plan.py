@@ -14,7 +14,7 @@ def describe_run(config: RunConfig, factors: ModelFactors) -> dict:
     from paravideo.costmodel.shapes import DiTShape, expert_param_bytes, stage_param_bytes, total_params
     from paravideo.runtime.rank_model import build_plan
 
-    layout = ParallelLayout(pipeline=config.parallel.pipeline, patch=config.parallel.patch)
+    layout = ParallelLayout.from_config(config.parallel)
     ranges = stage_ranges(factors.num_layers, layout.pipeline, config.parallel.stage_layers)
     # Shapes come from the transformer config alone; every stage also holds the non-layer modules.
     shape = DiTShape.from_factors(factors)

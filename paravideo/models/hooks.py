@@ -40,12 +40,29 @@ class KVHook(Protocol):
                  ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+class AttentionWrapper(Protocol):
+    """Runs around the attention kernel (sequence parallelism): gets this rank's q/k/v `(b, tokens, heads, d)`,
+    must call `kv_hooks` on the K/V it attends to and `kernel` (or an equivalent) for the attention."""
+
+    name: str
+
+    def __call__(self, call: AttentionCall, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
+                 kv_hooks, kernel) -> torch.Tensor: ...
+
+
 class HookRegistry:
-    """Ordered, named K/V hooks; the adapter's attention processors run them in order."""
+    """Ordered, named K/V hooks, and at most one attention wrapper; the adapter's attention processors run them."""
 
     def __init__(self) -> None:
         self._hooks: dict[str, KVHook] = {}
         self.info = ForwardInfo()
+        self.wrapper: AttentionWrapper | None = None
+
+    def wrap_attention(self, wrapper: AttentionWrapper | None) -> None:
+        """Set (or with None, remove) the wrapper every self-attention call goes through."""
+        if wrapper is not None and self.wrapper is not None:
+            raise ValueError(f"attention is already wrapped by {self.wrapper.name!r}")
+        self.wrapper = wrapper
 
     def add(self, name: str, hook: KVHook) -> None:
         """Register `hook` under `name` (a name may be used once)."""
@@ -67,3 +84,12 @@ class HookRegistry:
         for hook in self._hooks.values():
             key, value = hook(call, key, value)
         return key, value
+
+    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel
+               ) -> torch.Tensor:
+        """Self-attention through the wrapper if any, the K/V hooks applied to the K/V attended to."""
+        if self.wrapper is None:
+            key, value = self.run(layer, key, value)
+            return kernel(query, key, value)
+        return self.wrapper(AttentionCall(layer=layer, info=self.info), query, key, value,
+                            kv_hooks=lambda k, v: self.run(layer, k, v), kernel=kernel)

@@ -11,7 +11,9 @@ from paravideo.runtime.driver import BlockDriver
 from paravideo.models.experts import ExpertStages
 from paravideo.models.wan.adapter import Conditioning
 from paravideo.parallel.comm import P2P, PendingRecv
+from paravideo.parallel.cfg import cfg_conditioning, guided
 from paravideo.parallel.patch.bands import Band, band_conditioning
+from paravideo.parallel.seq.split import SeqShare, seq_conditioning
 from paravideo.telemetry.recorder import BUSY, Recorder
 from paravideo.schedule.plan import BlockPlan, Forward
 
@@ -29,10 +31,22 @@ class Geometry:
     channels: int
     height: int  # latent, the whole frame
     width: int  # latent
-    batch: int
+    batch: int  # the guidance batch: 2 with CFG ([cond, uncond]), else 1
     dim: int
     patch_hw: tuple[int, int]  # latent pixels per token (rows, cols): the model's DiT patch
     band: Band | None = None  # this rank's token rows; None = the whole frame
+    cfg_index: int | None = None  # CFG parallelism: the one batch row this rank computes
+    seq: SeqShare | None = None  # sequence parallelism: this rank's chunk of every window's tokens
+
+    @property
+    def local_batch(self) -> int:
+        """Rows of the guidance batch this rank computes."""
+        return self.batch if self.cfg_index is None else 1
+
+    def seq_tokens(self, frames: int) -> tuple[int, int]:
+        """This rank's tokens [lo, hi) of a window of `frames` (all of its band's without sequence parallelism)."""
+        tokens = frames * self.rows.rows * self.token_cols
+        return self.seq.tokens(tokens) if self.seq is not None else (0, tokens)
 
     @property
     def token_rows(self) -> int:
@@ -58,7 +72,8 @@ class Geometry:
         return self.rows.lo * self.patch_hw[0], self.rows.hi * self.patch_hw[0]
 
     def hidden_shape(self, frames: int) -> tuple[int, int, int]:
-        return (self.batch, frames * self.rows.rows * self.token_cols, self.dim)
+        lo, hi = self.seq_tokens(frames)
+        return (self.local_batch, hi - lo, self.dim)
 
     def latent_shape(self, frames: int) -> tuple[int, int, int, int, int]:
         lo, hi = self.latent_rows
@@ -90,7 +105,8 @@ class LatentSource:
             self.inbox.expect(fwd)
         with self.recorder.span("embed", BUSY, block=fwd.block, step=fwd.step):
             tokens = self.experts.at(fwd.step).embed(self.driver.window(fwd))
-            return tokens.expand(self.geo.batch, -1, -1).contiguous()
+            lo, hi = self.geo.seq_tokens(frames)
+            return tokens[:, lo:hi].expand(self.geo.local_batch, -1, -1).contiguous()
 
     def release(self, hidden: torch.Tensor) -> None:
         pass
@@ -147,19 +163,29 @@ class SendHiddenSink:
 
 class HeadSink:
     """Last stage: the step's expert's output head, context frames dropped, CFG combine with that expert's
-    guidance scale, then `deliver` the prediction."""
+    guidance scale, then `deliver` the prediction.
+
+    `gather` first joins a sequence group's token chunks; `guide` replaces the batch-of-two combine
+    (CFG parallelism: combine with the peer's prediction, or pass the unconditional one on as it is).
+    """
 
     def __init__(self, experts: ExpertStages, recorder: Recorder, deliver: Callable[[Forward, torch.Tensor], None],
-                 finish: Callable[[], None] = lambda: None):
+                 finish: Callable[[], None] = lambda: None, *,
+                 gather: Callable[[Forward, torch.Tensor], torch.Tensor] | None = None,
+                 guide: Callable[[Forward, torch.Tensor], torch.Tensor] | None = None):
         self.experts, self.recorder = experts, recorder
         self.deliver, self._finish = deliver, finish
+        self.gather, self.guide = gather, guide
 
     def put(self, fwd: Forward, hidden: torch.Tensor, cond: Conditioning) -> None:
+        if self.gather is not None:
+            hidden = self.gather(fwd, hidden)
         with self.recorder.span("head", BUSY, block=fwd.block, step=fwd.step):
             pred = self.experts.at(fwd.step).head(hidden, cond)[:, :, fwd.context_frames:].float()
-            if pred.shape[0] == 2:
-                cond_pred, uncond_pred = pred[:1], pred[1:]
-                pred = uncond_pred + self.experts.choice.guidance(fwd.step) * (cond_pred - uncond_pred)
+            if self.guide is None and pred.shape[0] == 2:
+                pred = guided(pred[:1], pred[1:], self.experts.choice.guidance(fwd.step))
+        if self.guide is not None:
+            pred = self.guide(fwd, pred)
         self.deliver(fwd, pred)
 
     def finish(self) -> None:
@@ -222,12 +248,16 @@ class StageRunner:
     def condition(self, fwd: Forward) -> Conditioning:
         """Time, text and RoPE of the window, cut to this rank's band (RoPE keeps global positions)."""
         lo, hi = self.plan.window(fwd)
+        # The whole guidance batch even under CFG parallelism: its time embedding rounds differently per row count.
         timestep = self.timesteps[fwd.step].expand(self.geo.batch)
         grid = (hi - lo, self.geo.token_rows, self.geo.token_cols)
         expert = self.experts.index(fwd.step)
         cond = self.experts.stages[expert].condition(timestep, self.texts[expert][self.block_prompt[fwd.block]], grid,
                                                      frame_offset=lo)
-        return band_conditioning(cond, self.geo.rows)
+        cond = band_conditioning(cond, self.geo.rows)
+        if self.geo.cfg_index is not None:
+            cond = cfg_conditioning(cond, self.geo.cfg_index)
+        return seq_conditioning(cond, *self.geo.seq_tokens(hi - lo)) if self.geo.seq is not None else cond
 
     def _set_hook_info(self, fwd: Forward, frames: int) -> None:
         info = self.experts.hooks.info

@@ -17,6 +17,7 @@ from paravideo.models.wan.loading import DTYPES, read_scheduler_config
 from paravideo.parallel.layout import DistContext, ParallelLayout
 from paravideo.parallel.partition import stage_ranges
 from paravideo.parallel.patch.bands import BandSplit
+from paravideo.parallel.seq.split import SeqShare
 from paravideo.parallel.stage_runner import Geometry
 from paravideo.runtime.prompts import block_prompts, encode_texts, projected_texts
 from paravideo.schedule.plan import BlockPlan, make_plan
@@ -78,7 +79,9 @@ def _geometry(config: RunConfig, factors: ModelFactors, layout: ParallelLayout, 
     split = BandSplit.even(latent_h // patch_hw[0], latent_w // patch_hw[1], layout.patch)
     geo = Geometry(channels=factors.latent_channels, height=latent_h, width=latent_w,
                    batch=2 if config.sampling.guidance_scale > 1.0 else 1, dim=factors.dim, patch_hw=patch_hw,
-                   band=split.bands[layout.band_of(rank)])
+                   band=split.bands[layout.band_of(rank)],
+                   cfg_index=layout.cfg_of(rank) if layout.cfg > 1 else None,
+                   seq=SeqShare(layout.seq_of(rank), layout.seq) if layout.seq > 1 else None)
     return geo, split
 
 

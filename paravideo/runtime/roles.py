@@ -23,10 +23,15 @@ from paravideo.io.decode_placement import DecodePlacement, make_placement
 from paravideo.io.decoder_pieces import DecoderRange, decoder_piece_costs
 from paravideo.io.sink import PARTIAL_NAME, VideoSink
 from paravideo.io.stream import FrameStream
+from paravideo.parallel.cfg import COND, UNCOND, CombineWithPeer
+from paravideo.parallel.cfg import KIND as CFG_KIND
 from paravideo.parallel.comm import P2P
 from paravideo.parallel.layout import DistContext, ParallelLayout
 from paravideo.parallel.patch.hook import PatchKVHook, PatchSettings
 from paravideo.parallel.patch.latents import BandNoise, GatherBandLatents, SendBandLatents
+from paravideo.parallel.seq.attention import GatherTokens, SeqAttention
+from paravideo.parallel.seq.backend import resolve_backend
+from paravideo.parallel.seq.groups import Collectives, SeqGroups
 from paravideo.parallel.stage_runner import (DRIVER_RANK, HeadSink, LatentSource, PredictionInbox, RecvSource,
                                              SendHiddenSink, StageRunner)
 from paravideo.runtime.driver import BlockDriver
@@ -66,7 +71,8 @@ def assemble_roles(rc: RoleContext, stack: ExitStack, *, before_forward: Callabl
     ctx, cfg = rc.ctx, rc.config
     p2p = P2P(ctx.rank, device=ctx.device, recorder=rc.recorder, timeout_s=cfg.launch.timeout_s) \
         if ctx.distributed else None
-    add_hooks(rc, p2p)
+    seq = sequence_parallel(rc)
+    add_hooks(rc, p2p, seq)
     placement = decode_placement(rc)
     driver, output, checkpointer, start_seq = None, None, None, 0
     if ctx.is_driver:
@@ -75,7 +81,7 @@ def assemble_roles(rc: RoleContext, stack: ExitStack, *, before_forward: Callabl
         progress.update(start_seq)
     elif rc.model.stage_index == 0:
         driver = BlockDriver(rc.model.plan, noise=_noise(rc), bank=rc.model.bank, recorder=rc.recorder,
-                             on_block_done=SendBandLatents(p2p, DRIVER_RANK))
+                             on_block_done=_replica_done(rc, p2p))
     start_seq = _share_start(ctx, start_seq)
     decode_stage = _remote_decode_stage(rc, placement, start_seq)
     if decode_stage is not None:
@@ -85,7 +91,7 @@ def assemble_roles(rc: RoleContext, stack: ExitStack, *, before_forward: Callabl
         def before_forward(fwd: Forward) -> None:
             decode_stage.check()  # a failed decode thread ends this rank's run too
             inner(fwd)
-    runner, step_cache = _runner(rc, p2p, driver, before_forward, checkpointer)
+    runner, step_cache = _runner(rc, p2p, driver, before_forward, checkpointer, seq)
     return RankRoles(runner=runner, p2p=p2p, start_seq=start_seq, output=output, checkpointer=checkpointer,
                      step_cache=step_cache, decode_stage=decode_stage)
 
@@ -135,9 +141,37 @@ def _remote_decode_stage(rc: RoleContext, placement: DecodePlacement | None,
     return stage
 
 
-def add_hooks(rc: RoleContext, p2p: P2P | None) -> None:
-    """Register the K/V hooks this run needs on the rank's experts (one registry for all of them)."""
+def _replica_done(rc: RoleContext, p2p: P2P | None):
+    """A first-stage rank other than the driver keeps a replica of the queue: a band sends its finished rows
+    to the driver; a sequence chunk or the unconditional group holds whole frames the driver has too."""
+    if rc.layout.band_of(rc.ctx.rank) and not rc.layout.cfg_of(rc.ctx.rank) and not rc.layout.seq_of(rc.ctx.rank):
+        return SendBandLatents(p2p, DRIVER_RANK)
+    return lambda block, latents: None
+
+
+@dataclass
+class SeqParallel:
+    """This rank's sequence-parallel groups and the collectives on them."""
+
+    groups: SeqGroups
+    comm: Collectives
+
+
+def sequence_parallel(rc: RoleContext) -> SeqParallel | None:
+    """The groups of parallel.ulysses x parallel.ring (built collectively on every rank), or None."""
+    if rc.layout.seq == 1:
+        return None
+    resolve_backend(rc.config.parallel.sp_backend, rc.ctx.device)
+    return SeqParallel(SeqGroups.build(rc.layout, rc.ctx.rank),
+                       Collectives(rc.ctx.rank, device=rc.ctx.device, recorder=rc.recorder,
+                                   timeout_s=rc.config.launch.timeout_s))
+
+
+def add_hooks(rc: RoleContext, p2p: P2P | None, seq: SeqParallel | None = None) -> None:
+    """Register the K/V hooks (and the attention wrapper) this run needs on the rank's experts (one registry)."""
     hooks, par = rc.model.experts.hooks, rc.config.parallel
+    if seq is not None:
+        hooks.wrap_attention(SeqAttention(seq.groups, seq.comm))
     # The patch exchange runs first, so the feature cache keeps and appends K/V of the rows a band sees.
     if rc.layout.patch > 1:
         settings = PatchSettings(mode=par.patch_mode, fraction=par.pcpp_fraction, warmup_steps=par.warmup_steps,
@@ -205,25 +239,29 @@ def _share_start(ctx: DistContext, start_seq: int) -> int:
 
 
 def _runner(rc: RoleContext, p2p: P2P | None, driver: BlockDriver | None, before_forward: Callable[[Forward], None],
-            checkpointer: Checkpointer | None) -> tuple[StageRunner, StepCacheParts | None]:
-    """The stage runner with this rank's source (latents or received hidden states) and sink (next stage or head)."""
-    layout, model, stage = rc.layout, rc.model, rc.model.stage_index
+            checkpointer: Checkpointer | None, seq: SeqParallel | None = None
+            ) -> tuple[StageRunner, StepCacheParts | None]:
+    """The stage runner with this rank's source (latents or received hidden states) and sink (next stage or head).
+
+    Hidden states and predictions stay within one (CFG group, band, sequence chunk); the conditional
+    group's last stage combines guidance and feeds both groups' first stages.
+    """
+    layout, model, stage, rank = rc.layout, rc.model, rc.model.stage_index, rc.ctx.rank
     last = len(model.ranges) - 1
-    band = layout.band_of(rc.ctx.rank)  # hidden states and predictions stay within one band
+    band, group, chunk = layout.band_of(rank), layout.cfg_of(rank), layout.seq_of(rank)
+
+    def peer(at_stage: int, cfg: int = group) -> int:
+        return layout.rank_of(at_stage, band, cfg=cfg, seq=chunk)
+
     experts, geo = model.experts, model.geometry
     if stage == 0:
-        inbox = PredictionInbox(p2p, layout.rank_of(last, band), driver, geo) if last > 0 else None
+        needs_inbox = last > 0 or group == UNCOND
+        inbox = PredictionInbox(p2p, peer(last, COND), driver, geo) if needs_inbox else None
         source = LatentSource(experts, driver, geo, rc.recorder, inbox)
     else:
-        source = RecvSource(p2p, layout.rank_of(stage - 1, band), model.plan, geo, experts.dtype)
-    if stage < last:
-        sink = SendHiddenSink(p2p, layout.rank_of(stage + 1, band))
-    elif stage == 0:
-        sink = HeadSink(experts, rc.recorder, deliver=driver.apply)
-    else:
-        first = layout.rank_of(0, band)
-        sink = HeadSink(experts, rc.recorder, deliver=lambda fwd, pred: p2p.send(pred, first, kind="prediction"),
-                        finish=p2p.flush)
+        source = RecvSource(p2p, peer(stage - 1), model.plan, geo, experts.dtype)
+    sink = SendHiddenSink(p2p, peer(stage + 1)) if stage < last else _head_sink(rc, p2p, driver, seq, peer)
+    # Config validation keeps the step cache to layouts without CFG groups and sequence chunks.
     step_cache = attach_step_cache(
         rc.config, experts=experts, plan=model.plan, timesteps=model.bank.timesteps,
         num_train_timesteps=model.bank.prototype.config.num_train_timesteps, layout=layout, rank=rc.ctx.rank,
@@ -237,3 +275,36 @@ def _runner(rc: RoleContext, p2p: P2P | None, driver: BlockDriver | None, before
                        before_forward=before_forward,
                        kv_tokens_per_frame=patch_hook.tokens_per_frame if patch_hook else None,
                        layers=step_cache.cache if step_cache else None), step_cache
+
+
+def _head_sink(rc: RoleContext, p2p: P2P | None, driver: BlockDriver | None, seq: SeqParallel | None,
+               peer: Callable[..., int]) -> HeadSink:
+    """The last stage's head: gather a sequence group's chunks, combine guidance, deliver the prediction."""
+    layout, model = rc.layout, rc.model
+    last, group = len(model.ranges) - 1, layout.cfg_of(rc.ctx.rank)
+    gather = None
+    if seq is not None:
+        plan, geo = model.plan, model.geometry
+
+        def window_tokens(fwd: Forward) -> int:
+            lo, hi = plan.window(fwd)
+            return (hi - lo) * geo.rows.rows * geo.token_cols
+
+        gather = GatherTokens(seq.comm, seq.groups, window_tokens)
+    finish = p2p.flush if p2p is not None else (lambda: None)
+    if group == UNCOND:  # the unconditional prediction goes to the conditional peer, unguided
+        return HeadSink(model.experts, rc.recorder, deliver=lambda fwd, pred: p2p.send(pred, peer(last, COND),
+                                                                                       kind=CFG_KIND),
+                        finish=finish, gather=gather, guide=lambda fwd, pred: pred)
+    targets = [peer(0, UNCOND)] if layout.cfg > 1 else []
+    if model.stage_index > 0:
+        targets.append(peer(0))
+
+    def deliver(fwd: Forward, pred: torch.Tensor) -> None:
+        for dst in targets:
+            p2p.send(pred, dst, kind="prediction")
+        if model.stage_index == 0:
+            driver.apply(fwd, pred)
+
+    guide = CombineWithPeer(p2p, peer(last, UNCOND), model.experts.choice.guidance) if layout.cfg > 1 else None
+    return HeadSink(model.experts, rc.recorder, deliver=deliver, finish=finish, gather=gather, guide=guide)

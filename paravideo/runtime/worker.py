@@ -60,7 +60,7 @@ class Worker:
 
     def __init__(self, config: RunConfig, ctx: DistContext):
         self.config, self.ctx = config, ctx
-        self.layout = ParallelLayout(pipeline=config.parallel.pipeline, patch=config.parallel.patch)
+        self.layout = ParallelLayout.from_config(config.parallel)
         self.layout.check_world(ctx.world_size)
         self.recorder = Recorder(ctx.rank, keep_spans=config.output.trace)
         self.fault = FaultSpec.from_env()

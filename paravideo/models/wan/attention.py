@@ -18,8 +18,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.type_as(x)
 
 
+def _kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
+
+
 class HookedSelfAttnProcessor:
-    """Replaces WanAttnProcessor on `attn1` only; runs the registry's K/V hooks before attention."""
+    """Replaces WanAttnProcessor on `attn1` only; attends through the registry (its K/V hooks, its wrapper)."""
 
     def __init__(self, layer: int, hooks: HookRegistry):
         self.layer = layer
@@ -34,7 +38,7 @@ class HookedSelfAttnProcessor:
             query = apply_rotary(query, *rotary_emb)
             key = apply_rotary(key, *rotary_emb)
         # K is hooked after its norm and rotation (global positions): cached or exchanged K needs no re-rotation.
-        key, value = self.hooks.run(self.layer, key, value)
-        out = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
+        # A sequence-parallel wrapper (if any) exchanges tokens or K/V around the kernel.
+        out = self.hooks.attend(self.layer, query, key, value, _kernel)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
