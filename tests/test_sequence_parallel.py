@@ -17,17 +17,17 @@ from paravideo.parallel.layout import ParallelLayout
 # blocks of 2 latent frames with 1 context frame and the feature cache: future K/V are appended too.
 RUN = {"video": {"num_frames": 17, "height": 48, "width": 48},
        "blocks": {"block_frames": 2, "context_frames": 1, "feature_cache": True},
-       "sampling": {"steps": 3}, "output": {"save_latents": True}}
-A14B = {**RUN, "model": {"path": "builtin:tiny-a14b"}, "sampling": {"steps": 3, "guidance_scale_2": 2.5}}
+       "sampling": {"steps": 2}, "output": {"save_latents": True}}
+# Two experts: the high-noise one takes step 0, the low-noise one (with its own guidance scale) step 1.
+A14B = {**RUN, "model": {"path": "builtin:tiny-a14b"}, "sampling": {"steps": 2, "guidance_scale_2": 2.5}}
 RUNS = {
     "one": (RUN, {}),
     "ulysses2": (RUN, {"ulysses": 2}),
     "ring2": (RUN, {"ring": 2}),
     "cfg2": (RUN, {"cfg": 2}),
     "pipe2_ulysses2": (RUN, {"pipeline": 2, "ulysses": 2}),
-    "pipe2_cfg2": (RUN, {"pipeline": 2, "cfg": 2}),
     "a14b_one": (A14B, {}),
-    "a14b_cfg2_ulysses2": (A14B, {"cfg": 2, "ulysses": 2}),
+    "a14b_pipe2_cfg2": (A14B, {"pipeline": 2, "cfg": 2}),
 }
 # Ring attention merges per-chunk softmax sums through their log-sum-exp: float32 rounding, not bit-exact.
 RING_TOLERANCE = 1e-5
@@ -140,7 +140,7 @@ def _bytes(report, kind: str) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, ref", [("ulysses2", "one"), ("cfg2", "one"), ("pipe2_ulysses2", "one"),
-                                       ("pipe2_cfg2", "one"), ("a14b_cfg2_ulysses2", "a14b_one")])
+                                       ("a14b_pipe2_cfg2", "a14b_one")])
 def test_exact_axes_are_bit_identical_to_one_rank(run, name, ref):
     (report, latents), (ref_report, ref_latents) = run(name), run(ref)
     assert torch.equal(latents, ref_latents) and report.block_digests == ref_report.block_digests

@@ -77,9 +77,13 @@ def write_report(inputs: ReportInputs, rows: list[dict], *, complete: bool, erro
 def _parallel_report(inputs: ReportInputs) -> dict:
     layout, par = inputs.layout, inputs.config.parallel
     placement = getattr(inputs.output, "placement", None)  # parallel.decode: pipeline
-    out = {"pipeline": layout.pipeline, "patch": layout.patch,
-           "stage_layers": [list(r) for r in inputs.ranges] if inputs.ranges else [],
+    out = {"pipeline": layout.pipeline, "patch": layout.patch, "cfg": layout.cfg, "ulysses": layout.ulysses,
+           "ring": layout.ring, "stage_layers": [list(r) for r in inputs.ranges] if inputs.ranges else [],
            "decode": placement.to_json() if placement is not None else "rank0"}
+    if layout.seq > 1:
+        from paravideo.parallel.seq.backend import resolve_backend
+
+        out.update(sp_backend=resolve_backend(par.sp_backend, inputs.ctx.device))
     if layout.patch > 1:
         out.update(patch_mode=par.patch_mode, pcpp_fraction=par.pcpp_fraction, warmup_steps=par.warmup_steps)
     return out
