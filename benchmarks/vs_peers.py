@@ -168,7 +168,18 @@ def run_paravideo(parallel: dict, frames: int, args, label: str) -> dict:
     run = run_generate(config, label=label)
     return {"wall_s": run["wall_s"], "first_frame_s": run["time_to_first_frame_s"],
             "peak": max(r["peak_memory_bytes"] for r in run["ranks"]),
-            "sent": sum(r["bytes_sent"] for r in run["ranks"]), "ranks": len(run["ranks"])}
+            "sent": sum(r["bytes_sent"] for r in run["ranks"]), "ranks": len(run["ranks"]),
+            "predicted_s": _predicted_wall(config)}
+
+
+def _predicted_wall(config: dict) -> float:
+    """The cost model's wall time for this config on the cpu-local profile."""
+    from paravideo.config import parse_config
+    from paravideo.costmodel.cost_model import predict
+    from paravideo.costmodel.profiles import load_profile
+    from paravideo.costmodel.scenario import Scenario
+
+    return predict(Scenario.from_config(parse_config(config)), load_profile("cpu-local")).wall_s
 
 
 def main() -> None:
@@ -211,10 +222,11 @@ def main() -> None:
             best = min(runs, key=lambda r: r["wall_s"])
             rows.append([frames, side, best["ranks"], " / ".join(f"{r['wall_s']:.2f}" for r in runs),
                          f"{best['first_frame_s']:.2f}", f"{best['peak'] / 2**20:.0f}",
-                         f"{best['sent'] / 2**20:.2f}", f"{base / best['wall_s']:.2f}x"])
+                         f"{best['sent'] / 2**20:.2f}", f"{base / best['wall_s']:.2f}x",
+                         f"{best['predicted_s']:.2f}" if "predicted_s" in best else "-"])
     print()
     print(table(["frames", "side", "ranks", "wall s (each repeat)", "first frame s (best)", "peak RSS MiB/rank",
-                 "MiB sent", "speed-up vs diffusers 1 proc (best)"], rows))
+                 "MiB sent", "speed-up vs diffusers 1 proc (best)", "cost model s (cpu-local)"], rows))
 
 
 if __name__ == "__main__":

@@ -126,9 +126,10 @@ def run(tmp_path_factory):
             launch = {"launcher": "local", "nproc": nproc} if nproc > 1 else {"launcher": "inline"}
             out = tmp_path_factory.mktemp(name) / "run"
             data = deep_update(BASE_CONFIG, {**sections, "parallel": parallel, "launch": launch})
-            report = generate(parse_config(deep_update(data, {"output": {"dir": str(out)}})))
+            config = parse_config(deep_update(data, {"output": {"dir": str(out)}}))
+            report = generate(config)
             assert report.complete and report.world_size == nproc
-            done[name] = report, torch.load(Path(out) / "latents.pt", weights_only=True)
+            done[name] = report, torch.load(Path(out) / "latents.pt", weights_only=True), config
         return done[name]
 
     return go
@@ -142,7 +143,7 @@ def _bytes(report, kind: str) -> list[int]:
 @pytest.mark.parametrize("name, ref", [("ulysses2", "one"), ("cfg2", "one"), ("pipe2_ulysses2", "one"),
                                        ("a14b_pipe2_cfg2", "a14b_one")])
 def test_exact_axes_are_bit_identical_to_one_rank(run, name, ref):
-    (report, latents), (ref_report, ref_latents) = run(name), run(ref)
+    (report, latents, _), (ref_report, ref_latents, _) = run(name), run(ref)
     assert torch.equal(latents, ref_latents) and report.block_digests == ref_report.block_digests
     parallel = RUNS[name][1]
     if "ulysses" in parallel:
@@ -154,7 +155,18 @@ def test_exact_axes_are_bit_identical_to_one_rank(run, name, ref):
 
 @pytest.mark.slow
 def test_ring_is_within_its_stated_tolerance(run):
-    (report, latents), (_, ref_latents) = run("ring2"), run("one")
+    (report, latents, _), (_, ref_latents, _) = run("ring2"), run("one")
     err = (latents - ref_latents).abs().max().item()
     assert err <= RING_TOLERANCE, f"ring 2: max abs latent error {err:.3g} against one rank"
     assert all(b > 0 for b in _bytes(report, "ring_kv"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ulysses2", "ring2", "cfg2", "pipe2_ulysses2", "a14b_pipe2_cfg2"])
+def test_cost_model_traffic_equals_the_recorders_bytes(run, name):
+    from paravideo.costmodel.scenario import Scenario
+    from paravideo.costmodel.traffic import traffic_by_rank
+
+    report, _, config = run(name)
+    measured = {r["rank"]: {k: v for k, v in r["bytes_by_kind"].items() if v} for r in report.ranks}
+    assert traffic_by_rank(Scenario.from_config(config).traffic) == measured

@@ -83,7 +83,7 @@ def _slowdown(s: Scenario, profile: HardwareProfile, timeline: Replay) -> float:
     """
     if not profile.compute_slots or not timeline.loop_s:
         return 1.0
-    busy = sum(r.busy_s + r.io_s for r in timeline.ranks) * s.patch / timeline.loop_s
+    busy = sum(r.busy_s + r.io_s for r in timeline.ranks) * s.patch * s.replicas / timeline.loop_s
     return max(1.0, busy * s.threads_per_rank / profile.compute_slots)
 
 
@@ -98,8 +98,8 @@ def predict(s: Scenario, profile: HardwareProfile, decode: DecodeShape | None = 
     memory = memory_by_rank(s, profile, decode)
     startup = startup_seconds(s, profile, decode)
     decoders = decode.shares(s)
-    # Bands of a stage run the same schedule: each rank takes its stage's replayed timeline.
-    stage_of = [r // s.patch for r in range(s.world_size)]
+    # Bands, CFG groups and sequence chunks of a stage run the same schedule: each takes its stage's timeline.
+    stage_of = [s.layout.stage_of(r) for r in range(s.world_size)]
     ranks = [RankPrediction(rank=r, layers=s.ranges[stage_of[r]], memory=memory[r],
                             busy_s=timeline.ranks[stage_of[r]].busy_s, idle_s=timeline.ranks[stage_of[r]].idle_s,
                             io_s=timeline.ranks[stage_of[r]].io_s if r in decoders else 0.0,

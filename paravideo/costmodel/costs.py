@@ -12,14 +12,16 @@ MEGA = 1e6
 
 
 def forward_dit_flops(s: Scenario) -> list[int]:
-    """FLOPs of each block-forward through the whole DiT (every band: embed, conditioning, layers, head)."""
+    """FLOPs of each block-forward through the whole DiT (every band, CFG group and sequence chunk: embed,
+    conditioning, layers, head)."""
     out = []
     for fwd in s.plan.forwards:
         total = 0
         for band in range(s.patch):
             w = s.window(fwd, band)
-            total += (s.shape.num_layers * sum(layer_flops(s.shape, w).values()) + condition_flops(s.shape, s.batch)
-                      + embed_flops(s.shape, w.query_tokens) + head_flops(s.shape, s.batch, w.query_tokens))
+            total += s.replicas * (s.shape.num_layers * sum(layer_flops(s.shape, w).values())
+                                   + condition_flops(s.shape, s.batch) + embed_flops(s.shape, w.query_tokens)
+                                   + head_flops(s.shape, s.rank_batch, w.query_tokens))
         out.append(total)
     return out
 
@@ -38,6 +40,25 @@ def _exchange_s(s: Scenario, profile: HardwareProfile, seq: int) -> float:
     return profile.wait_overhead_s + sum(profile.message_s(t.kv_bytes(seq, p)) for p in remote)
 
 
+def _sequence_s(s: Scenario, profile: HardwareProfile, seq: int) -> tuple[float, float]:
+    """Per layer: Ulysses' two all-to-alls and the ring's K/V all-gather; per forward: the head's token gather."""
+    if s.seq == 1:
+        return 0.0, 0.0
+    t, u, r = s.traffic, s.ulysses, s.ring
+    sizes = t.chunk_sizes(seq)
+    b, d, nbytes = s.rank_batch, s.shape.dim, s.dtype_bytes
+    layer = 0.0
+    if u > 1:
+        mine, group = sizes[0], sum(sizes[:u])
+        layer += 2 * profile.wait_overhead_s + profile.message_s(3 * b * mine * d // u * (u - 1) * nbytes) \
+            + profile.message_s(b * (group - mine) * d // u * nbytes)
+    if r > 1:
+        ring = max(sum(sizes[i * u:(i + 1) * u]) for i in range(r))
+        layer += profile.wait_overhead_s + profile.message_s(2 * b * ring * d // u * (r - 1) * nbytes)
+    gather = profile.wait_overhead_s + profile.message_s(b * max(sizes) * d * (s.seq - 1) * nbytes)
+    return layer, gather
+
+
 def schedule_costs(s: Scenario, profile: HardwareProfile, decode: DecodeShape, slow: float = 1.0) -> ScheduleCosts:
     """Seconds of every piece of work and message of band 0 (the largest) of each stage, slowed by `slow`."""
     rate = profile.dit_flops_per_s / slow
@@ -50,10 +71,18 @@ def schedule_costs(s: Scenario, profile: HardwareProfile, decode: DecodeShape, s
         one_layer = profile.layer_overhead_s * slow + sum(layer_flops(s.shape, w).values()) / rate
         if s.patch > 1:
             one_layer += _exchange_s(s, profile, fwd.seq)
+        seq_layer_s, gather_s = _sequence_s(s, profile, fwd.seq)
+        one_layer += seq_layer_s
         for stage, (lo, hi) in enumerate(s.ranges):
             layers_s[stage].append(cond_s + (hi - lo) * one_layer)
-        embed_s.append(call + embed_flops(s.shape, w.query_tokens) / rate)
-        head_s.append(call + head_flops(s.shape, s.batch, w.query_tokens) / rate)
+        # Every chunk embeds the whole window and, after the gather, runs the head on all of it.
+        full = w.query_tokens * s.seq
+        embed_s.append(call + embed_flops(s.shape, full) / rate)
+        # CFG parallelism: the conditional head waits for the unconditional prediction (same schedule, one message).
+        uncond_s = profile.message_s(s.traffic.prediction_bytes(fwd.seq)) + profile.wait_overhead_s \
+            if s.cfg_parallel > 1 else 0.0
+        head_s.append(call + head_flops(s.shape, s.rank_batch, full) / rate + (gather_s if s.seq > 1 else 0.0)
+                      + uncond_s)
     pixels = s.latent_height * s.latent_width * 64 / MEGA  # megapixels per output frame (VAE 8x8)
     write_frame_s = profile.write_frame_s + pixels * profile.write_s_per_mpixel
     t = s.traffic

@@ -69,7 +69,8 @@ def _feature_cache(s: Scenario, layers: int) -> int:
     if not s.plan.feature_cache:
         return 0
     frames = min(s.context_frames, max(b.frames for b in s.plan.blocks))
-    return layers * 2 * s.batch * frames * s.tokens_per_frame * s.shape.dim * s.dtype_bytes
+    # Under Ulysses a rank caches its heads' share; under ring every rank keeps the whole window's (gathered) K/V.
+    return layers * 2 * s.rank_batch * frames * s.tokens_per_frame * s.shape.dim * s.dtype_bytes // s.ulysses
 
 
 def _comm_buffers(s: Scenario, stage: int) -> int:
@@ -110,11 +111,11 @@ def _text_bytes(s: Scenario, profile: HardwareProfile) -> int:
 
 
 def memory_by_rank(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> list[MemoryBreakdown]:
-    """The breakdown for every rank (rank = stage x patch + band)."""
+    """The breakdown for every rank (numbered as the engine's layout numbers them)."""
     activations = {band: _activations(s, profile, band) for band in range(s.patch)}
     out = []
     for rank in range(s.world_size):
-        stage, band = divmod(rank, s.patch)
+        stage, band = s.layout.stage_of(rank), s.layout.band_of(rank)
         lo, hi = s.ranges[stage]
         out.append(MemoryBreakdown(
             base=int(profile.runtime_base_gib * GIB), weights=stage_param_bytes(s.shape, hi - lo, s.dtype_bytes),

@@ -24,6 +24,7 @@ def describe_run(config: RunConfig, factors: ModelFactors) -> dict:
         lo, hi = ranges[layout.stage_of(rank)]
         per_expert = expert_param_bytes(shape, hi - lo, dtype_bytes)
         ranks.append({"rank": rank, "stage": layout.stage_of(rank), "band": layout.band_of(rank),
+                      "cfg_group": layout.cfg_of(rank), "seq_chunk": layout.seq_of(rank),
                       "layers": [lo, hi], "num_layers": hi - lo, "params": total_params(shape.with_layers(hi - lo)),
                       "weight_bytes": stage_param_bytes(shape, hi - lo, dtype_bytes),
                       "weight_bytes_by_expert": {name: per_expert for name in factors.experts}})
@@ -34,7 +35,8 @@ def describe_run(config: RunConfig, factors: ModelFactors) -> dict:
                   "layers": factors.num_layers, "params": total_params(shape), "dtype": config.model.dtype,
                   "latent_channels": factors.latent_channels, "time_stride": factors.time_stride,
                   "spatial_stride": factors.spatial_stride, "timestep_form": factors.timestep_form},
-        "stages": [{"stage": s, "layers": [lo, hi], "ranks": [layout.rank_of(s, b) for b in range(layout.patch)]}
+        "stages": [{"stage": s, "layers": [lo, hi],
+                    "ranks": [r for r in range(layout.world_size) if layout.stage_of(r) == s]}
                    for s, (lo, hi) in enumerate(ranges)],
         "ranks": ranks,
         "frames": {"output": config.video.num_frames, "latent": plan.latent_frames,

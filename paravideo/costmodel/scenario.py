@@ -41,6 +41,9 @@ class Scenario:
     decode: str = "rank0"  # parallel.decode
     decode_ranks: tuple[int, ...] | None = None
     decode_pieces: tuple[int, ...] | None = None
+    cfg_parallel: int = 1  # parallel.cfg: the guidance batch split over two rank groups
+    ulysses: int = 1
+    ring: int = 1
 
     @classmethod
     def from_config(cls, config, shape: DiTShape | None = None) -> Scenario:
@@ -64,7 +67,8 @@ class Scenario:
                    patch_mode=config.parallel.patch_mode, pcpp_fraction=config.parallel.pcpp_fraction,
                    warmup_steps=config.parallel.warmup_steps, decode=config.parallel.decode,
                    decode_ranks=tuple(config.parallel.decode_ranks) if config.parallel.decode_ranks else None,
-                   decode_pieces=tuple(config.parallel.decode_pieces) if config.parallel.decode_pieces else None)
+                   decode_pieces=tuple(config.parallel.decode_pieces) if config.parallel.decode_pieces else None,
+                   cfg_parallel=config.parallel.cfg, ulysses=config.parallel.ulysses, ring=config.parallel.ring)
 
     def but(self, **changes) -> Scenario:
         """A copy with some fields changed (layer split reset when the stage count changes)."""
@@ -78,12 +82,35 @@ class Scenario:
         return replace(self, **changes)
 
     @property
+    def seq(self) -> int:
+        """Ranks splitting a stage's tokens (Ulysses x ring)."""
+        return self.ulysses * self.ring
+
+    @property
+    def replicas(self) -> int:
+        """Ranks that run the same schedule as one (stage, band) rank: CFG groups x sequence chunks."""
+        return self.cfg_parallel * self.seq
+
+    @property
     def world_size(self) -> int:
-        return self.pipeline * self.patch
+        return self.pipeline * self.patch * self.replicas
 
     @property
     def batch(self) -> int:
         return 2 if self.cfg else 1
+
+    @property
+    def rank_batch(self) -> int:
+        """Rows of the guidance batch one rank computes."""
+        return self.batch // self.cfg_parallel
+
+    @cached_property
+    def layout(self):
+        """The engine's rank numbering for these degrees."""
+        from paravideo.parallel.layout import ParallelLayout
+
+        return ParallelLayout(pipeline=self.pipeline, patch=self.patch, cfg=self.cfg_parallel, ulysses=self.ulysses,
+                              ring=self.ring)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -112,12 +139,17 @@ class Scenario:
         return stage_ranges(self.shape.num_layers, self.pipeline, counts)
 
     def window(self, fwd: Forward, band: int = 0) -> Window:
-        """Tokens of band `band` (the whole frame without patch parallelism) in forward `fwd`."""
+        """Tokens of band `band` (the whole frame without patch parallelism) in forward `fwd`, for one rank.
+
+        A sequence chunk computes 1/seq of the queries (the largest chunk) against every key: under Ulysses
+        with 1/U of the heads, which costs the same FLOPs; a CFG group computes one row of the batch.
+        """
         cols = self.split.token_cols
         seen = lambda step: sum(p.rows for p in self.traffic.pieces_of(band, step)) * cols  # noqa: E731
-        return window(self.plan, fwd, tokens_per_frame=self.split.bands[band].rows * cols, batch=self.batch,
-                      text_tokens=self.text_tokens, key_tokens_per_frame=seen(fwd.step),
-                      cached_tokens_per_frame=seen(max(fwd.step - 1, 0)))
+        w = window(self.plan, fwd, tokens_per_frame=self.split.bands[band].rows * cols, batch=self.rank_batch,
+                   text_tokens=self.text_tokens, key_tokens_per_frame=seen(fwd.step),
+                   cached_tokens_per_frame=seen(max(fwd.step - 1, 0)))
+        return replace(w, query_tokens=-(-w.query_tokens // self.seq)) if self.seq > 1 else w
 
     def block_output_frames(self, block: int) -> int:
         """Pixel frames decoded from a block (the very first latent frame gives one frame, others four)."""
@@ -131,7 +163,8 @@ class Scenario:
                              split=self.split, batch=self.batch, dtype_bytes=self.dtype_bytes,
                              texts=self.prompts + (1 if self.cfg else 0), text_tokens=self.text_tokens,
                              patch_mode=self.patch_mode, pcpp_fraction=self.pcpp_fraction,
-                             warmup_steps=self.warmup_steps)
+                             warmup_steps=self.warmup_steps, cfg=self.cfg_parallel, ulysses=self.ulysses,
+                             ring=self.ring)
 
 
 @dataclass(frozen=True)

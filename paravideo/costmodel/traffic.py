@@ -1,7 +1,8 @@
 """Bytes each rank sends, by kind, exactly as the engine counts them (run.json `bytes_by_kind`).
 
 Each kind is one term: a function from the layout to (rank, kind, bytes) messages. A new
-mechanism adds a term to TERMS and nothing else changes. Ranks are `stage x patch + band`.
+mechanism adds a term to TERMS and nothing else changes. Ranks are numbered as the engine's
+ParallelLayout numbers them (`stage x patch + band` without the CFG and sequence axes).
 """
 
 from __future__ import annotations
@@ -33,26 +34,50 @@ class TrafficLayout:
     patch_mode: str = "exact"
     pcpp_fraction: float = 0.3
     warmup_steps: int = 1
+    cfg: int = 1  # CFG groups
+    ulysses: int = 1
+    ring: int = 1
 
     @property
     def patch(self) -> int:
         return len(self.split)
 
     @property
-    def world_size(self) -> int:
-        return len(self.stage_layers) * self.patch
+    def seq(self) -> int:
+        return self.ulysses * self.ring
 
-    def rank(self, stage: int, band: int = 0) -> int:
-        return stage * self.patch + band
+    @property
+    def world_size(self) -> int:
+        return len(self.stage_layers) * self.patch * self.cfg * self.seq
+
+    @property
+    def rank_batch(self) -> int:
+        """Rows of the guidance batch one rank computes (one per CFG group under CFG parallelism)."""
+        return self.batch // self.cfg
+
+    def rank(self, stage: int, band: int = 0, cfg: int = 0, chunk: int = 0) -> int:
+        return ((cfg * len(self.stage_layers) + stage) * self.patch + band) * self.seq + chunk
+
+    def replicas(self) -> Iterable[tuple[int, int]]:
+        """(CFG group, sequence chunk) of every rank that runs a (stage, band)'s schedule."""
+        return [(c, q) for c in range(self.cfg) for q in range(self.seq)]
+
+    def chunk_sizes(self, seq: int) -> list[int]:
+        """Tokens of each sequence chunk of forward `seq`'s window."""
+        from paravideo.parallel.seq.split import chunk_sizes
+
+        return chunk_sizes(self.frames(seq) * self.split.token_rows * self.split.token_cols, self.seq)
 
     def frames(self, seq: int) -> int:
         lo, hi = self.plan.window(self.plan.forwards[seq])
         return hi - lo
 
-    def hidden_bytes(self, seq: int, band: int = 0) -> int:
-        """One band's hidden states of forward `seq`: `(batch, window frames x band tokens, dim)`."""
-        tokens = self.split.bands[band].rows * self.split.token_cols
-        return self.batch * self.frames(seq) * tokens * self.shape.dim * self.dtype_bytes
+    def hidden_bytes(self, seq: int, band: int = 0, chunk: int = 0) -> int:
+        """One rank's hidden states of forward `seq`: `(rank batch, band tokens (its chunk of them), dim)`."""
+        tokens = self.frames(seq) * self.split.bands[band].rows * self.split.token_cols
+        if self.seq > 1:
+            tokens = self.chunk_sizes(seq)[chunk]
+        return self.rank_batch * tokens * self.shape.dim * self.dtype_bytes
 
     def latent_bytes(self, frames: int, band: int = 0) -> int:
         """float32 latents of `frames` frames over one band's latent rows (a prediction or finished rows)."""
@@ -91,21 +116,27 @@ def text_messages(t: TrafficLayout) -> Iterable[Message]:
 
 
 def hidden_messages(t: TrafficLayout) -> Iterable[Message]:
-    """Every forward's hidden states cross every stage boundary, band to same band."""
+    """Every forward's hidden states cross every stage boundary, band to same band (chunk to same chunk)."""
     for fwd in t.plan.forwards:
         for stage in range(len(t.stage_layers) - 1):
             for band in range(t.patch):
-                yield t.rank(stage, band), "hidden", t.hidden_bytes(fwd.seq, band)
+                for cfg, chunk in t.replicas():
+                    yield t.rank(stage, band, cfg, chunk), "hidden", t.hidden_bytes(fwd.seq, band, chunk)
 
 
 def prediction_messages(t: TrafficLayout) -> Iterable[Message]:
-    """Each last-stage band returns its guided prediction to the first-stage band owning those rows."""
+    """Each conditional last-stage rank sends its guided prediction to its first stage (when another rank) and
+    to the unconditional group's; each unconditional last-stage rank sends its prediction to its peer."""
     last = len(t.stage_layers) - 1
-    if last == 0:
-        return
     for fwd in t.plan.forwards:
         for band in range(t.patch):
-            yield t.rank(last, band), "prediction", t.prediction_bytes(fwd.seq, band)
+            nbytes = t.prediction_bytes(fwd.seq, band)
+            for chunk in range(t.seq):
+                copies = (last > 0) + (t.cfg > 1)
+                if copies:
+                    yield t.rank(last, band, 0, chunk), "prediction", copies * nbytes
+                if t.cfg > 1:
+                    yield t.rank(last, band, 1, chunk), "cfg_uncond", nbytes
 
 
 def latent_messages(t: TrafficLayout) -> Iterable[Message]:
@@ -137,7 +168,30 @@ def patch_kv_messages(t: TrafficLayout) -> Iterable[Message]:
                     yield t.rank(stage, piece.index), kind, layers * t.kv_bytes(fwd.seq, piece)
 
 
-TERMS: tuple[Term, ...] = (text_messages, hidden_messages, prediction_messages, latent_messages, patch_kv_messages)
+def sequence_messages(t: TrafficLayout) -> Iterable[Message]:
+    """Per layer, Ulysses all-to-alls (q/k/v out, attention back) and the ring's K/V all-gather; per forward,
+    the last stage's gather of the token chunks before the head. Sizes as the engine's collectives count them."""
+    if t.seq == 1:
+        return
+    u, r, b, d = t.ulysses, t.ring, t.rank_batch, t.shape.dim
+    for fwd in t.plan.forwards:
+        sizes = t.chunk_sizes(fwd.seq)
+        rings = [sum(sizes[i * u:(i + 1) * u]) for i in range(r)]
+        for stage, layers in enumerate(t.stage_layers):
+            for cfg, chunk in t.replicas():
+                rank, group = t.rank(stage, 0, cfg, chunk), sizes[chunk - chunk % u:chunk - chunk % u + u]
+                mine = sizes[chunk]
+                if u > 1:
+                    out = 3 * b * mine * (d // u) * (u - 1) + b * (sum(group) - mine) * (d // u)
+                    yield rank, "ulysses_a2a", layers * out * t.dtype_bytes
+                if r > 1:
+                    yield rank, "ring_kv", layers * 2 * b * max(rings) * (d // u) * (r - 1) * t.dtype_bytes
+                if stage == len(t.stage_layers) - 1:
+                    yield rank, "seq_gather", b * max(sizes) * d * (t.seq - 1) * t.dtype_bytes
+
+
+TERMS: tuple[Term, ...] = (text_messages, hidden_messages, prediction_messages, latent_messages, patch_kv_messages,
+                           sequence_messages)
 
 
 def traffic_by_rank(layout: TrafficLayout, terms: tuple[Term, ...] = TERMS) -> dict[int, dict[str, int]]:
