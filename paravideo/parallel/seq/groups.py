@@ -28,10 +28,11 @@ class Group:
 
 
 def _member_group(all_ranks: list[list[int]], rank: int) -> Group:
-    # Every rank creates every group, in the same order: torch.distributed.new_group requires it.
+    # Every rank creates every group, in the same order: torch.distributed.new_group requires it. A group of
+    # one rank (an axis of degree 1) never runs a collective and gets no process group.
     mine = None
     for ranks in all_ranks:
-        handle = dist.new_group(ranks)
+        handle = dist.new_group(ranks) if len(ranks) > 1 else None
         if rank in ranks:
             mine = Group(handle, ranks, ranks.index(rank))
     assert mine is not None
