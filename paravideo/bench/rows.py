@@ -48,10 +48,11 @@ def predicted_fields(p: Prediction, frames: int) -> dict:
 def point_row(point: SweepPoint, run: dict | None, prediction: Prediction, error: str | None = None) -> dict:
     """One row of report.json."""
     from paravideo.costmodel.shapes import shape_for_model_path
+    from paravideo.models.factors import latent_frames
 
     stride = shape_for_model_path(point.config.model.path).time_stride
     row = {"name": point.name, "plan": point.plan, "ranks": point.ranks, "frames": point.frames,
-           "latent_frames": (point.config.video.num_frames - 1) // stride + 1, "steps": point.config.sampling.steps,
+           "latent_frames": latent_frames(point.config.video.num_frames, stride), "steps": point.config.sampling.steps,
            "resolution": f"{point.config.video.width}x{point.config.video.height}",
            "run_dir": point.config.output.dir, "error": error,
            "measured": measured_fields(run, point.frames) if run else None,

@@ -14,13 +14,14 @@ from paravideo.costmodel.planner import candidates
 from paravideo.costmodel.profiles import load_profile
 from paravideo.costmodel.scenario import DecodeShape, Scenario
 from paravideo.costmodel.shapes import PRESETS
+from paravideo.models.factors import latent_frames
 
 
 def project(args: argparse.Namespace) -> str:
     """The markdown for one projection."""
     profile = load_profile(args.profile)
     shape = PRESETS[args.model]
-    latent = (args.frames - 1) // shape.time_stride + 1
+    latent = latent_frames(args.frames, shape.time_stride)
     base = Scenario(shape=shape, latent_frames=latent, latent_height=args.height // shape.spatial_stride,
                     latent_width=args.width // shape.spatial_stride, steps=args.steps, block_frames=args.block_frames,
                     context_frames=args.context_frames, pipeline=args.gpus, dtype_bytes=2)

@@ -31,10 +31,8 @@ def describe_run(config: RunConfig, factors: ModelFactors) -> dict:
     plan = build_plan(config, factors)
     return {
         "world_size": layout.world_size,
-        "model": {"family": factors.family, "experts": list(factors.experts), "boundary_ratio": factors.boundary_ratio,
-                  "layers": factors.num_layers, "params": total_params(shape), "dtype": config.model.dtype,
-                  "latent_channels": factors.latent_channels, "time_stride": factors.time_stride,
-                  "spatial_stride": factors.spatial_stride, "timestep_form": factors.timestep_form},
+        "model": {**factors.summary(), "layers": factors.num_layers, "params": total_params(shape),
+                  "dtype": config.model.dtype},
         "stages": [{"stage": s, "layers": [lo, hi],
                     "ranks": [r for r in range(layout.world_size) if layout.stage_of(r) == s]}
                    for s, (lo, hi) in enumerate(ranges)],

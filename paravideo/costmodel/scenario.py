@@ -10,6 +10,7 @@ from paravideo.costmodel.flops import Window, vae_decode_flops, window
 from paravideo.costmodel.shapes import DiTShape
 from paravideo.costmodel.traffic import TrafficLayout
 from paravideo.io.decoder_pieces import decoder_piece_costs
+from paravideo.models.factors import first_output_frame, latent_frames
 from paravideo.schedule.plan import BlockPlan, Forward, make_plan
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -52,11 +53,11 @@ class Scenario:
         from paravideo.runtime.prompts import block_prompts
 
         shape = shape or shape_for_model_path(config.model.path)
-        latent_frames = (config.video.num_frames - 1) // shape.time_stride + 1
+        latent = latent_frames(config.video.num_frames, shape.time_stride)
         b = config.blocks
-        plan = make_plan(latent_frames, b.block_frames, config.sampling.steps, b.context_frames, b.feature_cache)
+        plan = make_plan(latent, b.block_frames, config.sampling.steps, b.context_frames, b.feature_cache)
         prompts, _ = block_prompts(config, plan, shape.time_stride)
-        return cls(shape=shape, latent_frames=latent_frames, latent_height=config.video.height // shape.spatial_stride,
+        return cls(shape=shape, latent_frames=latent, latent_height=config.video.height // shape.spatial_stride,
                    latent_width=config.video.width // shape.spatial_stride, steps=config.sampling.steps,
                    block_frames=config.blocks.block_frames, context_frames=config.blocks.context_frames,
                    feature_cache=config.blocks.feature_cache, pipeline=config.parallel.pipeline,
@@ -124,7 +125,7 @@ class Scenario:
 
     @property
     def output_frames(self) -> int:
-        return self.shape.time_stride * (self.latent_frames - 1) + 1
+        return first_output_frame(self.latent_frames, self.shape.time_stride)
 
     @cached_property
     def plan(self) -> BlockPlan:

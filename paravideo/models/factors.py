@@ -14,6 +14,16 @@ from paravideo.errors import ConfigError
 TimestepForm = Literal["per_video", "per_token"]
 
 
+def latent_frames(num_frames: int, time_stride: int) -> int:
+    """Latent frames of a video of `num_frames` output frames (the first frame stands alone)."""
+    return (num_frames - 1) // time_stride + 1
+
+
+def first_output_frame(latent: int, time_stride: int) -> int:
+    """First output frame decoded from latent frame `latent`."""
+    return 0 if latent == 0 else time_stride * (latent - 1) + 1
+
+
 @dataclass(frozen=True)
 class ModelFactors:
     """The factors of one model folder that decide shapes, valid sizes and which expert runs when."""
@@ -54,11 +64,14 @@ class ModelFactors:
 
     def latent_frames(self, num_frames: int) -> int:
         """Latent frames of a video of `num_frames` output frames (the first frame stands alone)."""
-        return (num_frames - 1) // self.time_stride + 1
+        return latent_frames(num_frames, self.time_stride)
 
-    def output_frame_of_latent(self, latent: int) -> int:
-        """First output frame decoded from latent frame `latent`."""
-        return 0 if latent == 0 else self.time_stride * (latent - 1) + 1
+    def summary(self) -> dict:
+        """The factors as plain data, for run.json and `validate`."""
+        return {"family": self.family, "experts": list(self.experts), "boundary_ratio": self.boundary_ratio,
+                "latent_channels": self.latent_channels, "time_stride": self.time_stride,
+                "spatial_stride": self.spatial_stride, "patch_size": list(self.patch_size),
+                "timestep_form": self.timestep_form}
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         """Latent (rows, cols) of a frame of `height` x `width` pixels."""

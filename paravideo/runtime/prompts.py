@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from paravideo.config import RunConfig
+from paravideo.models.factors import first_output_frame
 from paravideo.models.family import ModelFamily
 from paravideo.models.text import TextEncoder
 from paravideo.models.wan.loading import DTYPES
@@ -22,7 +23,7 @@ def block_prompts(config: RunConfig, plan: BlockPlan, time_stride: int) -> tuple
     texts: list[str] = []
     per_block: list[int] = []
     for block in plan.blocks:
-        first = 0 if block.start == 0 else time_stride * (block.start - 1) + 1
+        first = first_output_frame(block.start, time_stride)
         active = [s.text for s in spans if s.from_frame <= first][-1]
         if active not in texts:
             texts.append(active)

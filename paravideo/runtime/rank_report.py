@@ -101,8 +101,4 @@ def _model_report(inputs: ReportInputs) -> dict | None:
     factors = inputs.factors  # None when the run failed before the folder was read
     if factors is None:
         return None
-    return {"family": factors.family, "experts": list(factors.experts), "boundary_ratio": factors.boundary_ratio,
-            "latent_channels": factors.latent_channels, "time_stride": factors.time_stride,
-            "spatial_stride": factors.spatial_stride, "patch_size": list(factors.patch_size),
-            "timestep_form": factors.timestep_form,
-            "expert_of_step": list(inputs.choice.expert_of_step) if inputs.choice else None}
+    return {**factors.summary(), "expert_of_step": list(inputs.choice.expert_of_step) if inputs.choice else None}
