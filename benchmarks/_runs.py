@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -13,9 +15,25 @@ import numpy as np
 import yaml
 
 
+def _exit_on_sigterm() -> None:
+    # subprocess.run kills its child on any exception; SIGTERM's default would leave the run going.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def run_generate(config: dict, *, label: str, workdir: Path | None = None) -> dict:
-    """Run one generation in a fresh interpreter (so RSS high-water is this run's) and return run.json."""
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="paravideo-bench-"))
+    """Run one generation in a fresh interpreter (so RSS high-water is this run's) and return run.json.
+
+    Without `workdir` the run's folder is a temporary one, removed once run.json is read.
+    """
+    _exit_on_sigterm()
+    if workdir is None:
+        scratch = Path(tempfile.mkdtemp(prefix="paravideo-bench-"))
+        try:
+            return run_generate(config, label=label, workdir=scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    workdir = Path(workdir)
     out = workdir / label
     config = json.loads(json.dumps(config))
     config.setdefault("output", {}).update(dir=str(out), overwrite=True, progress=False)
