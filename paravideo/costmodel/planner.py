@@ -22,6 +22,15 @@ class Candidate:
     fits: bool
 
     @property
+    def split(self) -> str:
+        """Layers per stage, then decoder pieces per decode rank ("3+5 | 9+4"), as the engine will choose them."""
+        balance = self.scenario.balance
+        layers = "+".join(map(str, balance.stage_layers))
+        if balance.decode is None:
+            return layers
+        return layers + " | " + "+".join(map(str, balance.decode.to_json()["pieces"]))
+
+    @property
     def overrides(self) -> list[str]:
         s = self.scenario
         return [f"parallel.pipeline={s.pipeline}", f"parallel.patch={s.patch}", f"parallel.cfg={s.cfg_parallel}",
@@ -32,7 +41,8 @@ class Candidate:
         p, s = self.prediction, self.scenario
         return {"gpus_used": s.world_size, "pipeline": s.pipeline, "patch": s.patch, "cfg": s.cfg_parallel,
                 "ulysses": s.ulysses, "ring": s.ring, "block_frames": s.block_frames, "decode": s.decode,
-                "blocks": len(s.plan.blocks), "wall_s": p.wall_s, "time_to_first_frame_s": p.first_frame_s,
+                "split": self.split, "blocks": len(s.plan.blocks), "wall_s": p.wall_s,
+                "time_to_first_frame_s": p.first_frame_s,
                 "max_memory_gib": p.max_peak_memory / GIB, "fits": self.fits, "bubble": p.bubble,
                 "sent_gib": p.bytes_sent / GIB, "overrides": self.overrides}
 
@@ -71,6 +81,7 @@ def meshes(base: Scenario, gpus: int) -> list[dict]:
 def candidates(base: Scenario, gpus: int, profile: HardwareProfile) -> list[Candidate]:
     """Every mesh with every block size and decode placement, predicted."""
     decode = DecodeShape.of(base)
+    base = base.but(decode_flops=tuple(p.flops for p in decode.pieces))  # counted once for every candidate
     out = []
     for mesh in meshes(base, gpus):
         # The decode pipeline is not combined with CFG groups or sequence chunks (config validation).
@@ -99,12 +110,12 @@ def render(items: list[Candidate], *, top: int, profile: HardwareProfile, gpus: 
     lines = [f"candidate plans for {gpus} GPU(s) on profile {profile.name} ({profile.description}); "
              "ranked by predicted wall time among plans that fit in memory",
              f"{'#':>3} {'gpus':>4} {'pipe':>4} {'patch':>5} {'cfg':>3} {'uly':>3} {'ring':>4} {'block':>5} "
-             f"{'decode':>8} {'blocks':>6} {'wall s':>10} {'1st frame s':>11} "
+             f"{'decode':>8} {'split (layers | pieces)':>23} {'blocks':>6} {'wall s':>10} {'1st frame s':>11} "
              f"{'GiB/GPU':>8} {'fits':>4} {'bubble':>6} {'GiB sent':>9}"]
     for i, c in enumerate(items[:top], 1):
         r = c.row()
         lines.append(f"{i:>3} {r['gpus_used']:>4} {r['pipeline']:>4} {r['patch']:>5} {r['cfg']:>3} {r['ulysses']:>3} "
-                     f"{r['ring']:>4} {r['block_frames']:>5} {r['decode']:>8} {r['blocks']:>6} "
+                     f"{r['ring']:>4} {r['block_frames']:>5} {r['decode']:>8} {r['split']:>23} {r['blocks']:>6} "
                      f"{r['wall_s']:>10.1f} {r['time_to_first_frame_s']:>11.1f} {r['max_memory_gib']:>8.2f} "
                      f"{'yes' if r['fits'] else 'NO':>4} {r['bubble']:>6.2f} {r['sent_gib']:>9.2f}")
     if items and items[0].fits:

@@ -10,12 +10,13 @@ def describe_run(config: RunConfig, factors: ModelFactors) -> dict:
     """Plan of a validated config: per-rank stage, layers and weight bytes (per expert); blocks; frames."""
     from paravideo.models.wan.loading import DTYPES
     from paravideo.parallel.layout import ParallelLayout
-    from paravideo.parallel.partition import stage_ranges
     from paravideo.costmodel.shapes import DiTShape, expert_param_bytes, stage_param_bytes, total_params
-    from paravideo.runtime.rank_model import build_plan
+    from paravideo.runtime.rank_model import build_plan, run_split
 
     layout = ParallelLayout.from_config(config.parallel)
-    ranges = stage_ranges(factors.num_layers, layout.pipeline, config.parallel.stage_layers)
+    plan = build_plan(config, factors)
+    split = run_split(config, factors, layout, plan)  # the engine's layers and decode placement
+    ranges = split.ranges
     # Shapes come from the transformer config alone; every stage also holds the non-layer modules.
     shape = DiTShape.from_factors(factors)
     dtype_bytes = DTYPES[config.model.dtype].itemsize
@@ -28,7 +29,6 @@ def describe_run(config: RunConfig, factors: ModelFactors) -> dict:
                       "layers": [lo, hi], "num_layers": hi - lo, "params": total_params(shape.with_layers(hi - lo)),
                       "weight_bytes": stage_param_bytes(shape, hi - lo, dtype_bytes),
                       "weight_bytes_by_expert": {name: per_expert for name in factors.experts}})
-    plan = build_plan(config, factors)
     return {
         "world_size": layout.world_size,
         "model": {**factors.summary(), "layers": factors.num_layers, "params": total_params(shape),
@@ -36,6 +36,7 @@ def describe_run(config: RunConfig, factors: ModelFactors) -> dict:
         "stages": [{"stage": s, "layers": [lo, hi],
                     "ranks": [r for r in range(layout.world_size) if layout.stage_of(r) == s]}
                    for s, (lo, hi) in enumerate(ranges)],
+        "decode": split.decode.to_json() if split.decode is not None else "rank0",
         "ranks": ranks,
         "frames": {"output": config.video.num_frames, "latent": plan.latent_frames,
                    "height": config.video.height, "width": config.video.width},

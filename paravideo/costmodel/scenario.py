@@ -45,6 +45,9 @@ class Scenario:
     cfg_parallel: int = 1  # parallel.cfg: the guidance batch split over two rank groups
     ulysses: int = 1
     ring: int = 1
+    # Each decoder piece's FLOPs per later latent frame (DecodeShape.pieces), for the joint balance of layers
+    # and decode; empty: counted from the VAE config when parallel.decode is pipeline.
+    decode_flops: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, config, shape: DiTShape | None = None) -> Scenario:
@@ -77,6 +80,8 @@ class Scenario:
             changes["stage_layers"] = None
         if ("pipeline" in changes or "patch" in changes) and "decode_ranks" not in changes:
             changes.update(decode_ranks=None, decode_pieces=None)
+        if "latent_height" in changes or "latent_width" in changes or "shape" in changes:
+            changes.setdefault("decode_flops", ())
         if changes.get("decode", self.decode) == "pipeline" and \
                 changes.get("pipeline", self.pipeline) * changes.get("patch", self.patch) < 2:
             changes["decode"] = "rank0"  # one rank has nobody to share the decode with
@@ -132,12 +137,31 @@ class Scenario:
         return make_plan(self.latent_frames, self.block_frames, self.steps, self.context_frames, self.feature_cache)
 
     @cached_property
+    def balance(self):
+        """Layers per stage and decode placement, chosen as the engine chooses them (parallel/balance.py)."""
+        from paravideo.parallel.balance import SplitCosts, choose_split
+
+        flops = self.decode_flops
+        if self.decode == "pipeline" and not flops and self.shape.vae_config:
+            flops = tuple(p.flops for p in decoder_piece_costs(self.shape.vae_config, self.latent_height,
+                                                               self.latent_width))
+        decode = self.decode == "pipeline" and bool(flops)
+        costs = None
+        if decode:
+            s = self.shape.spatial_stride
+            costs = SplitCosts.of_run(self.plan, tokens_per_frame=self.tokens_per_frame, batch=self.rank_batch,
+                                      text_tokens=self.text_tokens, dim=self.shape.dim, ffn_dim=self.shape.ffn_dim,
+                                      token_split=self.patch * self.seq, piece_flops=list(flops),
+                                      output_pixels=self.output_frames * self.latent_height * s * self.latent_width * s)
+        return choose_split(num_layers=self.shape.num_layers, layout=self.layout, decode=decode, costs=costs,
+                            stage_layers=list(self.stage_layers) if self.stage_layers else None,
+                            decode_ranks=list(self.decode_ranks) if self.decode_ranks else None,
+                            decode_pieces=list(self.decode_pieces) if self.decode_pieces else None)
+
+    @property
     def ranges(self) -> list[tuple[int, int]]:
         """[lo, hi) layers per stage, as the engine splits them."""
-        from paravideo.parallel.partition import stage_ranges
-
-        counts = list(self.stage_layers) if self.stage_layers else None
-        return stage_ranges(self.shape.num_layers, self.pipeline, counts)
+        return self.balance.ranges
 
     def window(self, fwd: Forward, band: int = 0) -> Window:
         """Tokens of band `band` (the whole frame without patch parallelism) in forward `fwd`, for one rank.
@@ -181,12 +205,9 @@ class DecodeShape:
         """The engine's DecodePlacement for `scenario` (None: rank 0 decodes everything)."""
         if scenario.decode != "pipeline" or not self.pieces:
             return None
-        from paravideo.io.decode_placement import make_placement
-
-        return make_placement(world_size=scenario.world_size, num_pieces=len(self.pieces),
-                              piece_costs=[float(p.flops) for p in self.pieces],
-                              ranks=list(scenario.decode_ranks) if scenario.decode_ranks else None,
-                              counts=list(scenario.decode_pieces) if scenario.decode_pieces else None)
+        if not scenario.decode_flops:  # balance on the pieces counted here, not counted again
+            scenario = scenario.but(decode_flops=tuple(p.flops for p in self.pieces))
+        return scenario.balance.decode
 
     def shares(self, scenario: Scenario) -> dict[int, float]:
         """Fraction of the decode FLOPs each rank runs ({0: 1.0} when rank 0 decodes everything)."""

@@ -72,10 +72,9 @@ def balanced_counts(costs: list[float], parts: int, base: list[float] | None = N
     return counts[::-1]
 
 
-def make_placement(*, world_size: int, num_pieces: int, piece_costs: list[float], ranks: list[int] | None,
-                   counts: list[int] | None, base: list[float] | None = None) -> DecodePlacement:
-    """The placement the config asks for; default ranks: every rank in order (at most one per piece);
-    default counts: balanced by `piece_costs` on top of each rank's `base` load."""
+def chain_ranks(*, world_size: int, num_pieces: int, ranks: list[int] | None) -> list[int]:
+    """The decode ranks in frame order (parallel.decode_ranks, checked); default: every rank in order, at most
+    one per piece."""
     ranks = list(ranks) if ranks is not None else list(range(min(world_size, num_pieces)))
     if ranks[0] != 0 or len(set(ranks)) != len(ranks) or any(not 0 <= r < world_size for r in ranks):
         raise ConfigError(f"parallel.decode_ranks = {ranks} must start with rank 0 (it holds the finished latents) "
@@ -86,15 +85,28 @@ def make_placement(*, world_size: int, num_pieces: int, piece_costs: list[float]
     if len(ranks) > num_pieces:
         raise ConfigError(f"parallel.decode_ranks names {len(ranks)} ranks, but this model's VAE decoder has "
                           f"{num_pieces} pieces to share; name at most {num_pieces}")
-    if counts is None:
-        counts = balanced_counts(piece_costs, len(ranks), base)
-    elif len(counts) != len(ranks) or sum(counts) != num_pieces or min(counts) < 1:
+    return ranks
+
+
+def placement_of(ranks: list[int], counts: list[int], num_pieces: int) -> DecodePlacement:
+    """The placement of `counts` pieces per decode rank (parallel.decode_pieces, checked)."""
+    if len(counts) != len(ranks) or sum(counts) != num_pieces or min(counts) < 1:
         raise ConfigError(f"parallel.decode_pieces = {counts} must give each of the {len(ranks)} decode ranks at "
                           f"least one piece and sum to the decoder's {num_pieces} pieces")
     cuts = [0]
     for c in counts:
         cuts.append(cuts[-1] + c)
     return DecodePlacement(tuple(ranks), tuple(cuts))
+
+
+def make_placement(*, world_size: int, num_pieces: int, piece_costs: list[float], ranks: list[int] | None,
+                   counts: list[int] | None, base: list[float] | None = None) -> DecodePlacement:
+    """The placement of the decode alone: `counts` or balanced by `piece_costs` on top of each decode rank's
+    `base` load (parallel/balance.py chooses it together with the layers)."""
+    ranks = chain_ranks(world_size=world_size, num_pieces=num_pieces, ranks=ranks)
+    if counts is None:
+        counts = balanced_counts(piece_costs, len(ranks), base)
+    return placement_of(ranks, counts, num_pieces)
 
 
 def finished_frames_by_iteration(plan) -> list[int]:

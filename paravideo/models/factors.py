@@ -19,6 +19,19 @@ def latent_frames(num_frames: int, time_stride: int) -> int:
     return (num_frames - 1) // time_stride + 1
 
 
+def dit_layer_flops(*, dim: int, ffn_dim: int, batch: int, query_tokens: int, key_tokens: int,
+                    text_tokens: int) -> int:
+    """FLOPs of one Wan-style DiT layer's forward (matmuls and attention; elementwise ops not counted)."""
+    mm = lambda m, k, n: 2 * m * k * n  # noqa: E731 - a multiply and an add per term
+    q = batch * query_tokens
+    return (4 * mm(q, dim, dim)  # self-attention q, k, v, out
+            + 2 * mm(q, dim, key_tokens)  # QK^T and AV over all heads
+            + 2 * mm(q, dim, dim)  # cross-attention q, out
+            + 2 * mm(batch * text_tokens, dim, dim)  # text K/V, projected again in every forward
+            + 2 * mm(q, dim, text_tokens)
+            + mm(q, dim, ffn_dim) + mm(q, ffn_dim, dim))
+
+
 def first_output_frame(latent: int, time_stride: int) -> int:
     """First output frame decoded from latent frame `latent`."""
     return 0 if latent == 0 else time_stride * (latent - 1) + 1
@@ -61,6 +74,11 @@ class ModelFactors:
         """Index of the expert that denoises at `timestep` (WanPipeline's rule: t >= boundary -> expert 0)."""
         boundary = self.boundary_timestep
         return 0 if boundary is None or timestep >= boundary else 1
+
+    def layer_flops(self, *, batch: int, query_tokens: int, key_tokens: int, text_tokens: int) -> int:
+        """FLOPs of one transformer layer's forward over a window (`dit_layer_flops` with this model's sizes)."""
+        return dit_layer_flops(dim=self.dim, ffn_dim=self.transformer_config["ffn_dim"], batch=batch,
+                               query_tokens=query_tokens, key_tokens=key_tokens, text_tokens=text_tokens)
 
     def latent_frames(self, num_frames: int) -> int:
         """Latent frames of a video of `num_frames` output frames (the first frame stands alone)."""

@@ -15,7 +15,7 @@ from paravideo.models.factors import ModelFactors
 from paravideo.models.family import ModelFamily, inspect_model
 from paravideo.models.wan.loading import DTYPES, read_scheduler_config
 from paravideo.parallel.layout import DistContext, ParallelLayout
-from paravideo.parallel.partition import stage_ranges
+from paravideo.parallel.balance import Split, SplitCosts, choose_split
 from paravideo.parallel.patch.bands import BandSplit
 from paravideo.parallel.seq.split import SeqShare
 from paravideo.parallel.stage_runner import Geometry
@@ -41,6 +41,7 @@ class RankModel:
     split: BandSplit
     ranges: list[tuple[int, int]]  # [lo, hi) layers of every stage
     stage_index: int
+    balance: Split  # the layers per stage and the decode placement, chosen together
 
     @property
     def layers(self) -> tuple[int, int]:
@@ -53,6 +54,26 @@ def build_plan(config: RunConfig, factors: ModelFactors) -> BlockPlan:
     b = config.blocks
     return make_plan(factors.latent_frames(config.video.num_frames), b.block_frames, config.sampling.steps,
                      b.context_frames, b.feature_cache)
+
+
+def run_split(config: RunConfig, factors: ModelFactors, layout: ParallelLayout, plan: BlockPlan) -> Split:
+    """Layers per stage and decode placement of this run (the same on every rank: counted FLOPs, no timing)."""
+    par = config.parallel
+    costs = None
+    if par.decode == "pipeline":
+        from paravideo.io.decoder_pieces import decoder_piece_costs
+
+        latent_h, latent_w = factors.latent_size(config.video.height, config.video.width)
+        pieces = decoder_piece_costs(factors.vae_config, latent_h, latent_w)
+        batch = 2 if config.sampling.guidance_scale > 1.0 else 1
+        costs = SplitCosts.of_run(
+            plan, tokens_per_frame=(latent_h // factors.patch_size[1]) * (latent_w // factors.patch_size[2]),
+            batch=batch // layout.cfg, text_tokens=config.model.text_max_length, dim=factors.dim,
+            ffn_dim=factors.transformer_config["ffn_dim"], token_split=layout.patch * layout.seq,
+            piece_flops=[p.flops for p in pieces],
+            output_pixels=config.video.num_frames * config.video.height * config.video.width)
+    return choose_split(num_layers=factors.num_layers, layout=layout, decode=par.decode == "pipeline", costs=costs,
+                        stage_layers=par.stage_layers, decode_ranks=par.decode_ranks, decode_pieces=par.decode_pieces)
 
 
 def model_root(config: RunConfig, ctx: DistContext, barrier) -> Path:
@@ -93,10 +114,11 @@ def load_rank_model(config: RunConfig, ctx: DistContext, layout: ParallelLayout,
     """
     root = model_root(config, ctx, barrier)
     family, factors = inspect_model(root)
-    ranges = stage_ranges(factors.num_layers, layout.pipeline, config.parallel.stage_layers)
+    plan, bank, choice = _schedule(config, root, factors)
+    balance = run_split(config, factors, layout, plan)
+    ranges = balance.ranges
     stage_index = layout.stage_of(ctx.rank)
     lo, hi = ranges[stage_index]
-    plan, bank, choice = _schedule(config, root, factors)
     on_factors(factors, choice)
     experts = ExpertStages(family.load_stages(root, factors, lo, hi, dtype=DTYPES[config.model.dtype],
                                               device=ctx.device), choice)
@@ -106,4 +128,5 @@ def load_rank_model(config: RunConfig, ctx: DistContext, layout: ParallelLayout,
     texts = [projected_texts(expert, embeds, len(prompts), use_cfg) for expert in experts.stages]
     geo, split = _geometry(config, factors, layout, ctx.rank)
     return RankModel(family=family, factors=factors, root=root, plan=plan, bank=bank, experts=experts, texts=texts,
-                     block_prompt=per_block, geometry=geo, split=split, ranges=ranges, stage_index=stage_index)
+                     block_prompt=per_block, geometry=geo, split=split, ranges=ranges, stage_index=stage_index,
+                     balance=balance)

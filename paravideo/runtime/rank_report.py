@@ -35,6 +35,7 @@ class ReportInputs:
     choice: ExpertChoice | None = None
     plan: BlockPlan | None = None
     ranges: list[tuple[int, int]] | None = None
+    loads: tuple[float, ...] = ()  # the joint balance's predicted load per rank, relative to the largest
     output: FrameStream | None = None
     denoise_s: float | None = None
     step_cache: StepCacheParts | None = None
@@ -80,6 +81,8 @@ def _parallel_report(inputs: ReportInputs) -> dict:
     out = {"pipeline": layout.pipeline, "patch": layout.patch, "cfg": layout.cfg, "ulysses": layout.ulysses,
            "ring": layout.ring, "stage_layers": [list(r) for r in inputs.ranges] if inputs.ranges else [],
            "decode": placement.to_json() if placement is not None else "rank0"}
+    if inputs.loads:
+        out.update(relative_load=[round(x, 3) for x in inputs.loads])
     if layout.seq > 1:
         from paravideo.parallel.seq.backend import resolve_backend
 

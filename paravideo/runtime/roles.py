@@ -19,8 +19,8 @@ from paravideo.cache.step_wiring import StepCacheParts, attach_step_cache
 from paravideo.config import RunConfig
 from paravideo.io.checkpoint import Checkpointer
 from paravideo.io.decode_pipeline import PipelinedFrameStream, RemoteDecodeStage, decode_timeout_s
-from paravideo.io.decode_placement import DecodePlacement, make_placement
-from paravideo.io.decoder_pieces import DecoderRange, decoder_piece_costs
+from paravideo.io.decode_placement import DecodePlacement
+from paravideo.io.decoder_pieces import DecoderRange
 from paravideo.io.sink import PARTIAL_NAME, VideoSink
 from paravideo.io.stream import FrameStream
 from paravideo.parallel.cfg import COND, UNCOND, CombineWithPeer
@@ -97,15 +97,12 @@ def assemble_roles(rc: RoleContext, stack: ExitStack, *, before_forward: Callabl
 
 
 def decode_placement(rc: RoleContext) -> DecodePlacement | None:
-    """Which ranks run which VAE decoder pieces (None: rank 0 decodes everything); the same on every rank."""
-    cfg = rc.config
-    if cfg.parallel.decode != "pipeline":
-        return None
-    factors = rc.model.factors
-    costs = decoder_piece_costs(factors.vae_config, *factors.latent_size(cfg.video.height, cfg.video.width))
-    return make_placement(world_size=rc.ctx.world_size, num_pieces=len(costs),
-                          piece_costs=[float(c.flops) for c in costs], ranks=cfg.parallel.decode_ranks,
-                          counts=cfg.parallel.decode_pieces)
+    """Which ranks run which VAE decoder pieces (None: rank 0 decodes everything); the same on every rank.
+
+    Chosen together with the layer partition (parallel/balance.py, `run_split`), so a rank with heavy
+    decoder pieces holds fewer layers.
+    """
+    return rc.model.balance.decode
 
 
 def _decode_p2p(rc: RoleContext) -> Callable[[], P2P]:

@@ -93,7 +93,7 @@ class Worker:
             inputs.factors, inputs.choice = factors, choice
 
         model = load_rank_model(self.config, self.ctx, self.layout, self.recorder, self._barrier, on_factors=known)
-        inputs.plan, inputs.ranges = model.plan, model.ranges
+        inputs.plan, inputs.ranges, inputs.loads = model.plan, model.ranges, model.balance.loads
         return model
 
     def _before_forward(self, fwd: Forward) -> None:

@@ -33,7 +33,9 @@ class RankStats:
     param_bytes: int
     busy_s: float
     idle_s: float
-    io_s: float
+    io_s: float  # decode_s + write_s (+ any other output work)
+    decode_s: float  # VAE decode spans (this rank's decoder pieces)
+    write_s: float  # frames handed to the sink (the mp4 writer rank)
     bytes_sent: int
     bytes_by_kind: dict[str, int]
     peak_memory_bytes: int
@@ -94,6 +96,8 @@ class Recorder:
         finally:
             end = self.now()
             self.totals[kind] += end - start
+            if kind == IO:
+                self.totals[f"{IO}:{name.split(' ', 1)[0]}"] += end - start
             if self.keep_spans:
                 self.spans.append(Span(name, kind, start, end, args))
 
@@ -109,5 +113,6 @@ class Recorder:
         """The rank's summary row."""
         peak, kind = peak_memory(device)
         return RankStats(rank=self.rank, layers=layers, param_bytes=param_bytes, busy_s=self.totals[BUSY],
-                         idle_s=self.totals[IDLE], io_s=self.totals[IO], bytes_sent=sum(self.bytes_by_kind.values()),
+                         idle_s=self.totals[IDLE], io_s=self.totals[IO], decode_s=self.totals[f"{IO}:decode"],
+                         write_s=self.totals[f"{IO}:write"], bytes_sent=sum(self.bytes_by_kind.values()),
                          bytes_by_kind=dict(self.bytes_by_kind), peak_memory_bytes=peak, memory_kind=kind)

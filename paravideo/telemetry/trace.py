@@ -7,9 +7,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from paravideo.telemetry.recorder import Recorder
+from paravideo.telemetry.recorder import IO, Recorder
 
 TRACE_JSON = "trace.json"
+# Decode and write run on a helper thread beside the rank's forwards, so their spans overlap the DiT's;
+# they get a second lane (thread) inside the rank's track instead of nesting wrongly under a forward.
+IO_LANE = 1_000_000
 
 
 @dataclass
@@ -44,7 +47,8 @@ def rank_trace(recorder: Recorder, *, layers: tuple[int, int], barrier: Callable
 def _event(span: dict, *, pid: int, shift_s: float) -> dict:
     args = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
             for k, v in span["args"].items()}
-    return {"name": span["name"], "cat": span["kind"], "ph": "X", "pid": pid, "tid": pid,
+    tid = pid + IO_LANE if span["kind"] == IO else pid
+    return {"name": span["name"], "cat": span["kind"], "ph": "X", "pid": pid, "tid": tid,
             "ts": round((span["start_s"] + shift_s) * 1e6, 3),
             "dur": round((span["end_s"] - span["start_s"]) * 1e6, 3), "args": args}
 
@@ -61,6 +65,9 @@ def trace_events(parts: list[dict]) -> dict:
         events.append({**meta, "name": "process_name", "args": {"name": t.label}})
         events.append({**meta, "name": "process_sort_index", "args": {"sort_index": t.rank}})
         events.append({**meta, "name": "thread_name", "args": {"name": t.label}})
+        if any(span["kind"] == IO for span in t.spans):
+            events.append({**meta, "tid": t.rank + IO_LANE, "name": "thread_name",
+                           "args": {"name": f"rank {t.rank} decode / write"}})
         shift = reference - t.sync_s
         events.extend(_event(span, pid=t.rank, shift_s=shift) for span in t.spans)
     return {"traceEvents": events, "displayTimeUnit": "ms"}
