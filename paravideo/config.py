@@ -140,7 +140,8 @@ class BlocksConfig(_Section):
 
 class ParallelConfig(_Section):
     pipeline: int = Field(1, ge=1, le=MAX_RANKS, description="pipeline stages (parallel.patch ranks each)")
-    stage_layers: list[int] | None = Field(None, description="layers per stage, e.g. [3, 5]; default balanced by cost")
+    stage_layers: list[int] | None = Field(None, description="layers per stage, e.g. [3, 5]; default balanced by cost "
+                                           "(with decode: pipeline together with the decode pieces)")
     patch: int = Field(1, ge=1, le=MAX_RANKS, description="bands of token rows each block is cut into, one rank "
                        "each per stage; ranks = pipeline x patch")
     patch_mode: Literal["exact", "distrifusion", "pcpp"] = Field(
@@ -157,7 +158,8 @@ class ParallelConfig(_Section):
     decode_ranks: list[int] | None = Field(None, description="decode: pipeline: ranks running decoder pieces, in "
                                            "order, starting with 0; default every rank (at most one per piece)")
     decode_pieces: list[int] | None = Field(None, description="decode: pipeline: decoder pieces per decode rank; "
-                                            "default balanced by FLOPs (run.json parallel.decode shows the split)")
+                                            "default chosen with the layers by weighted FLOPs (run.json "
+                                            "parallel.decode shows the split)")
     cfg: int = Field(1, ge=1, le=2, description="2 = classifier-free guidance's conditional and unconditional "
                      "branches on two rank groups (needs sampling.guidance_scale > 1); ranks = cfg x pipeline x "
                      "patch x ring x ulysses")

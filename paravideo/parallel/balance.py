@@ -96,12 +96,15 @@ def choose_split(*, num_layers: int, layout, decode: bool, costs: SplitCosts | N
     prefix = [0.0]
     for c in costs.pieces:
         prefix.append(prefix[-1] + c)
+    members = [[r for r in range(layout.world_size) if stage_of[r] == s] for s in range(stages)]
     best = None
     for placement in splits:
         fixed = extra[:]
         for i, r in enumerate(placement.ranks):
             fixed[r] += prefix[placement.cuts[i + 1]] - prefix[placement.cuts[i]]
-        per_stage = [max(fixed[r] for r in range(layout.world_size) if stage_of[r] == s) for s in range(stages)]
+        if best is not None and max(fixed) + costs.layer > best[0][0]:
+            continue  # even one layer per stage loads some rank more than the best split so far
+        per_stage = [max(fixed[r] for r in ranks_of) for ranks_of in members]
         counts = fixed_layers if stage_layers is not None else _fill_layers(num_layers, per_stage, costs.layer)
         loads = [counts[stage_of[r]] * costs.layer + fixed[r] for r in range(layout.world_size)]
         key = sorted(loads, reverse=True)  # the largest load first, then the next ones (ties: the earlier split)
