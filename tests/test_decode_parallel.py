@@ -232,3 +232,8 @@ def test_plan_ranks_decode_placements(small_shape):
     assert {c.scenario.decode for c in found if c.scenario.world_size == 2} == {"rank0", "pipeline"}
     assert {c.scenario.decode for c in found if c.scenario.world_size == 1} == {"rank0"}
     assert "parallel.decode=" in " ".join(found[0].overrides)
+    # The split column is the engine's choice: layers per stage | pieces per decode rank.
+    spread = next(c for c in found if c.scenario.decode == "pipeline")
+    balance = spread.scenario.balance
+    assert spread.row()["split"] == "+".join(map(str, balance.stage_layers)) + " | " + "+".join(
+        str(b - a) for a, b in zip(balance.decode.cuts, balance.decode.cuts[1:]))
