@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ class Span:
     start_s: float
     end_s: float
     args: dict = field(default_factory=dict)
+    helper: bool = False  # recorded on a helper thread (decode, write): its own lane in the trace
 
 
 @dataclass
@@ -82,6 +84,8 @@ class Recorder:
         self.bytes_by_kind: dict[str, int] = defaultdict(int)
         self.spans: list[Span] = []
         self.marks: dict[str, float] = {}
+        # The decode and writer threads record beside the main thread; `+=` on a dict is not atomic.
+        self._lock = threading.Lock()
 
     def now(self) -> float:
         """Seconds since the recorder started."""
@@ -95,15 +99,18 @@ class Recorder:
             yield
         finally:
             end = self.now()
-            self.totals[kind] += end - start
-            if kind == IO:
-                self.totals[f"{IO}:{name.split(' ', 1)[0]}"] += end - start
-            if self.keep_spans:
-                self.spans.append(Span(name, kind, start, end, args))
+            helper = threading.current_thread() is not threading.main_thread()
+            with self._lock:
+                self.totals[kind] += end - start
+                if kind == IO:
+                    self.totals[f"{IO}:{name.split(' ', 1)[0]}"] += end - start
+                if self.keep_spans:
+                    self.spans.append(Span(name, kind, start, end, args, helper))
 
     def add_bytes(self, kind: str, nbytes: int) -> None:
         """Count bytes sent by this rank, by kind (hidden, prediction, text, ...)."""
-        self.bytes_by_kind[kind] += int(nbytes)
+        with self._lock:
+            self.bytes_by_kind[kind] += int(nbytes)
 
     def mark(self, name: str) -> None:
         """Remember the first time an event happened (e.g. first_frame)."""

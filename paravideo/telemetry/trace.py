@@ -44,10 +44,15 @@ def rank_trace(recorder: Recorder, *, layers: tuple[int, int], barrier: Callable
                             spans=[asdict(s) for s in recorder.spans]))
 
 
+def _on_helper_lane(span: dict) -> bool:
+    # Spans from before the `helper` field (old traces) go by kind: io spans ran on helper threads.
+    return span.get("helper", span["kind"] == IO)
+
+
 def _event(span: dict, *, pid: int, shift_s: float) -> dict:
     args = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
             for k, v in span["args"].items()}
-    tid = pid + IO_LANE if span["kind"] == IO else pid
+    tid = pid + IO_LANE if _on_helper_lane(span) else pid
     return {"name": span["name"], "cat": span["kind"], "ph": "X", "pid": pid, "tid": tid,
             "ts": round((span["start_s"] + shift_s) * 1e6, 3),
             "dur": round((span["end_s"] - span["start_s"]) * 1e6, 3), "args": args}
@@ -65,7 +70,7 @@ def trace_events(parts: list[dict]) -> dict:
         events.append({**meta, "name": "process_name", "args": {"name": t.label}})
         events.append({**meta, "name": "process_sort_index", "args": {"sort_index": t.rank}})
         events.append({**meta, "name": "thread_name", "args": {"name": t.label}})
-        if any(span["kind"] == IO for span in t.spans):
+        if any(_on_helper_lane(span) for span in t.spans):
             events.append({**meta, "tid": t.rank + IO_LANE, "name": "thread_name",
                            "args": {"name": f"rank {t.rank} decode / write"}})
         shift = reference - t.sync_s
