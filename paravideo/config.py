@@ -336,10 +336,6 @@ class RunConfig(_Section):
             # Checkpoints hold rank 0's queue; other first-stage ranks keep replicas a resume cannot restore yet.
             raise ValueError("output.checkpoint_every is not supported with parallel.ulysses, ring or cfg > 1 yet; "
                              "set output.checkpoint_every: 0")
-        if (seq > 1 or par.cfg > 1) and self.cache.step.policy != "off":
-            # Each CFG group or token chunk would judge reuse on its own share and could decide differently.
-            raise ValueError(f"cache.step.policy {self.cache.step.policy!r} is not supported with parallel.ulysses, "
-                             "ring or cfg > 1 yet; set cache.step.policy: off or those degrees to 1")
         if (seq > 1 or par.cfg > 1) and par.decode == "pipeline":
             raise ValueError("parallel.decode: pipeline is not supported with parallel.ulysses, ring or cfg > 1 yet "
                              "(their combination is untested); set parallel.decode: rank0")

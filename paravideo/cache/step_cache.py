@@ -8,8 +8,14 @@ rounds at every stage boundary, so the video would depend on the split (measured
 gave other latents than 1). So on a reused forward the first stage sends `start`, middle stages
 pass it on untouched, and the last stage adds the residual; on a computed forward the first stage
 also sends `start` straight to the last stage, which keeps `output - start` with exactly the bits
-one rank would compute. The decision is made once, on the first stage (`_decide`), and reaches
-the later stages ahead of the hidden states (step_header.py), so every rank skips the same forwards.
+one rank would compute. The decision is made once, on the first stage (`_decide`), from statistics
+summed over every first-stage rank (bands, CFG groups, sequence chunks), and reaches the later
+stages ahead of the hidden states (step_header.py), so every rank skips the same forwards.
+
+Each rank holds only its share of the hidden states (a band's token rows, a sequence chunk's tokens,
+a CFG group's row of the guidance batch), and so of `start`, the indicator and the residual: the
+last stage's residual is split exactly as its hidden states are, element for element the one-rank
+residual's, and a reused forward adds it share by share with the same bits.
 
 Skipped layers run no attention, so their K/V hooks do not run: the feature cache keeps the K/V
 its block last computed (retain mode), and the older neighbour attends to those. A block's state
@@ -30,7 +36,7 @@ from paravideo.schedule.plan import Forward
 
 # Forced steps that start a block's indicator afresh: the other expert's layer 0, or the iteration after a checkpoint.
 RESETS = ("expert switch", "refresh")
-# Sums the (2,) int64 statistics over the first stage's bands (identity without patch parallelism).
+# Sums the (2,) int64 statistics over the first stage's ranks (identity when the first stage is one rank).
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 

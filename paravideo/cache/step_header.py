@@ -1,4 +1,4 @@
-"""How the first stage's step-cache decision reaches every rank: a header along the pipeline, sums across bands.
+"""How the first stage's step-cache decision reaches every rank: sums over the first stage, a header along the pipeline.
 
 The decision travels as a separate 2-number header `[seq, reuse]` on its own tag, sent just before
 the hidden states of the same forward, rather than as an extra row of the hidden tensor: the
@@ -10,9 +10,13 @@ A computed forward's starting hidden states also go from the first stage straigh
 (`StartLink`), which keeps the residual over all layers (see step_cache.py for why): one hidden-
 sized message per computed forward, none per reused one.
 
-With patch bands the first stage's bands exchange their integer L1 sums (2 numbers each) and add
-them up: every band then holds the same totals and, running the same policy on the same state,
-reaches the same decision.
+The first stage may be several ranks, each holding a share of the one-rank hidden states: patch
+bands (token rows), sequence chunks (Ulysses / ring: token ranges) and CFG groups (one row of the
+guidance batch each). They exchange their integer L1 sums (2 numbers each) and add them up
+(`StageSum`): the totals are the one-rank statistic over the whole batch of two and every token, bit
+for bit, on every first-stage rank, which then runs the same policy on the same state and reaches the
+same decision. One exchange among all of them, rather than an all-reduce per axis: p2p needs no
+process group spanning the CFG groups, and integers add the same in any order.
 """
 
 from __future__ import annotations
@@ -73,12 +77,12 @@ class HeaderSource:
         self.inner.finish()
 
 
-class BandSum:
-    """Sums a small int64 tensor over the first stage's bands (each band sends its own to every other)."""
+class StageSum:
+    """Sums a small int64 tensor over the first stage's ranks (each sends its own to every other)."""
 
-    def __init__(self, p2p: P2P, ranks: list[int], band: int):
+    def __init__(self, p2p: P2P, ranks: list[int], rank: int):
         self.p2p = p2p
-        self.peers = [r for i, r in enumerate(ranks) if i != band]
+        self.peers = [r for r in ranks if r != rank]
 
     def __call__(self, stats: torch.Tensor) -> torch.Tensor:
         local = stats.to(self.p2p.device)
@@ -93,7 +97,8 @@ class BandSum:
 
 
 class StartLink:
-    """First stage -> last stage of one band: a computed forward's starting hidden states, on their own tag."""
+    """First stage -> last stage of one share (band, CFG group, sequence chunk): a computed forward's starting
+    hidden states, on their own tag."""
 
     def __init__(self, p2p: P2P, peer: int):
         self.p2p, self.peer = p2p, peer

@@ -1,4 +1,4 @@
-"""Assembles a rank's step cache (policy, header, band sums, checkpoint log) and reports what it saved."""
+"""Assembles a rank's step cache (policy, header, first-stage sums, checkpoint log) and reports what it saved."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from paravideo.cache.step_cache import StepCache
-from paravideo.cache.step_header import BandSum, HeaderSink, HeaderSource, StartLink
+from paravideo.cache.step_header import HeaderSink, HeaderSource, StageSum, StartLink
 from paravideo.cache.step_policy import Decision, StepCachePolicy
 
 CHECKPOINT_KEY = "step_cache"
@@ -34,23 +34,35 @@ def attach_step_cache(config, *, experts, plan, timesteps: torch.Tensor, num_tra
     policy = StepCachePolicy.from_config(cfg, timesteps_unit=timesteps.double() / num_train_timesteps,
                                          expert_of_step=experts.choice.expert_of_step,
                                          checkpoint_every=config.output.checkpoint_every)
-    band = layout.band_of(rank)
+    band, group, chunk = layout.band_of(rank), layout.cfg_of(rank), layout.seq_of(rank)
+
+    def peer(stage: int) -> int:
+        """The rank holding this rank's share (band, CFG group, sequence chunk) at `stage`."""
+        return layout.rank_of(stage, band, cfg=group, seq=chunk)
+
     first = stage_index == 0
-    reduce = BandSum(p2p, layout.band_ranks(0), band) if first and layout.patch > 1 else (lambda stats: stats)
+    sharers = first_stage_ranks(layout)
+    reduce = StageSum(p2p, sharers, rank) if first and len(sharers) > 1 else (lambda stats: stats)
     last = stage_index == last_stage
     link = None
     if last_stage > 0 and (first or last):
-        link = StartLink(p2p, layout.rank_of(last_stage if first else 0, band))
+        link = StartLink(p2p, peer(last_stage if first else 0))
     cache = StepCache(experts, policy, first_stage=first, last_stage=last, recorder=recorder, reduce=reduce,
                       start_link=link, feature_cache=experts.hooks.get(FeatureCache.name), max_blocks=plan.max_queue)
     if stage_index > 0:
-        source = HeaderSource(source, p2p, layout.rank_of(stage_index - 1, band), plan, cache)
+        source = HeaderSource(source, p2p, peer(stage_index - 1), plan, cache)
     if stage_index < last_stage:
-        sink = HeaderSink(sink, p2p, layout.rank_of(stage_index + 1, band), cache)
+        sink = HeaderSink(sink, p2p, peer(stage_index + 1), cache)
     if checkpointer is not None:  # the driver rank: its decision log spans a resumed run's report
         checkpointer.extras[CHECKPOINT_KEY] = lambda last_seq: log_state(cache, last_seq)
         load_log(cache, checkpointer.restored.get(CHECKPOINT_KEY))
     return StepCacheParts(cache, source, sink)
+
+
+def first_stage_ranks(layout) -> list[int]:
+    """Every rank of the first stage: each holds a share (band, CFG row, token chunk) of the one-rank statistic."""
+    return sorted(layout.rank_of(0, band, cfg=group, seq=chunk) for group in range(layout.cfg)
+                  for band in range(layout.patch) for chunk in range(layout.seq))
 
 
 def log_state(cache: StepCache, last_seq: int) -> list[list]:

@@ -258,7 +258,6 @@ def _runner(rc: RoleContext, p2p: P2P | None, driver: BlockDriver | None, before
     else:
         source = RecvSource(p2p, peer(stage - 1), model.plan, geo, experts.dtype)
     sink = SendHiddenSink(p2p, peer(stage + 1)) if stage < last else _head_sink(rc, p2p, driver, seq, peer)
-    # Config validation keeps the step cache to layouts without CFG groups and sequence chunks.
     step_cache = attach_step_cache(
         rc.config, experts=experts, plan=model.plan, timesteps=model.bank.timesteps,
         num_train_timesteps=model.bank.prototype.config.num_train_timesteps, layout=layout, rank=rc.ctx.rank,
