@@ -78,7 +78,6 @@ def _preflight(**sections):
     ({"parallel": {"ring": 0}}, "parallel.ring", "greater than or equal to 1"),
     ({"parallel": {"ring": 64}, "video": {"num_frames": 1}}, "parallel.ulysses x parallel.ring", "holds 6 tokens"),
     ({"parallel": {"ulysses": 2, "patch": 2}}, "parallel.patch", "cannot be combined"),
-    ({"parallel": {"cfg": 2}, "cache": {"step": {"policy": "teacache"}}}, "cache.step.policy", "not supported"),
 ])
 def test_bad_degrees_name_the_field(sections, field, hint):
     nproc = 1
