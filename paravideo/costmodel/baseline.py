@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from paravideo.costmodel.cost_model import forward_dit_flops, startup_seconds
+from paravideo.costmodel.costs import video_decode_seconds
 from paravideo.costmodel.flops import condition_flops
 from paravideo.costmodel.memory import FP32, GIB
 from paravideo.costmodel.profiles import HardwareProfile
@@ -59,8 +60,7 @@ def sequence_parallel(s: Scenario, gpus: int, profile: HardwareProfile, decode: 
     step_s = compute_s + layers * profile.layer_overhead_s + 3 * profile.call_overhead_s + comm_s
     denoise = whole.steps * (step_s + profile.scheduler_step_s)
     pixels = whole.latent_height * whole.latent_width * 64 / 1e6
-    decode_s = (decode.block_flops(whole, 0) / profile.vae_flops_per_s
-                + whole.latent_frames * profile.decode_frame_overhead_s + profile.video_open_s
+    decode_s = (video_decode_seconds(whole, profile, decode) + profile.video_open_s
                 + whole.output_frames * (profile.write_frame_s + pixels * profile.write_s_per_mpixel))
     weights = stage_param_bytes(whole.shape, layers, whole.dtype_bytes)
     loop = _activations(whole, gpus) + 2 * whole.shape.out_channels * tokens * 4 * FP32 // gpus

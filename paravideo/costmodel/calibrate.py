@@ -71,8 +71,9 @@ def calibrate(*, threads: int = 1, repeats: int = 5, log=print) -> HardwareProfi
     sched = measure_scheduler(repeats)
     log(f"scheduler step: {sched * 1e3:.3f} ms")
     decode = measure_decode(repeats)
-    log(f"VAE decode: {decode['flops_per_s'] / 1e9:.2f} GFLOP/s, {decode['frame_overhead_s'] * 1e3:.3f} ms "
-        "fixed per latent frame")
+    log(f"VAE decode: {decode['op_overhead_s'] * 1e6:.1f} us per op, {decode['flops_per_s'] / 1e9:.2f} GFLOP/s, "
+        f"{decode['cache_gbps']:.2f} GB/s while an op fits the {decode['llc_bytes'] / 2 ** 20:.0f} MiB cache, "
+        f"{decode['dram_gbps']:.2f} GB/s beyond ({decode['points']} pieces)")
     write = measure_write(repeats)
     log(f"mp4 write: open {write['open_s'] * 1e3:.1f} ms, {write['frame_s'] * 1e3:.3f} ms per frame + "
         f"{write['mpixel_s'] * 1e3:.2f} ms per megapixel")
@@ -91,7 +92,9 @@ def calibrate(*, threads: int = 1, repeats: int = 5, log=print) -> HardwareProfi
                   f"{os.getloadavg()[0]:.1f}); means of {repeats} repeats on a shared machine, so expect noise",
         "dit_peak_tflops": dit["flops_per_s"] / 1e12, "layer_overhead_s": dit["layer_overhead_s"],
         "call_overhead_s": dit["call_overhead_s"], "scheduler_step_s": sched,
-        "vae_peak_tflops": decode["flops_per_s"] / 1e12, "decode_frame_overhead_s": decode["frame_overhead_s"],
+        "vae_peak_tflops": decode["flops_per_s"] / 1e12, "decode_frame_overhead_s": 0.0,
+        "vae_op_overhead_s": decode["op_overhead_s"], "vae_cache_gbps": decode["cache_gbps"],
+        "vae_dram_gbps": decode["dram_gbps"], "llc_bytes": decode["llc_bytes"],
         "video_open_s": write["open_s"], "write_frame_s": write["frame_s"], "write_s_per_mpixel": write["mpixel_s"],
         "link_gbps": p2p["gbps"], "link_latency_s": p2p["latency_s"], "wait_overhead_s": p2p["wait_s"],
         "memory_gib": memory,

@@ -100,26 +100,65 @@ def measure_scheduler(repeats: int, steps: int = 8) -> float:
     return timed(one_block, repeats) / steps
 
 
+DECODE_SIZES = ((32, 48), (64, 64), (160, 160))  # pixels: the last one's conv unfolds outgrow a 32 MiB cache
+
+
+def last_level_cache_bytes() -> int:
+    """Size of this CPU's largest cache (sysfs), or 32 MiB when the kernel does not say."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        text = (entry / "size").read_text().strip() if (entry / "size").is_file() else ""
+        if text[:-1].isdigit():
+            sizes.append(int(text[:-1]) * {"K": 1024, "M": 1024 ** 2}.get(text[-1], 1))
+    return max(sizes, default=32 * 1024 ** 2)
+
+
 @torch.no_grad()
-def measure_decode(repeats: int) -> dict:
-    """Per-latent-frame decode time = fixed + FLOPs / rate, over a few resolutions of the tiny VAE."""
+def decode_piece_times(vae, height: int, width: int, frames: int = 4) -> list[float]:
+    """Thread CPU seconds per later latent frame of each decoder piece at `height` x `width` pixels (thread
+    time, so other processes on a shared machine inflate it less than wall time)."""
+    from paravideo.io.decoder_pieces import decoder_pieces
+
+    spatial = vae.config.scale_factor_spatial
+    pieces = decoder_pieces(vae.decoder)
+    caches = [[None] * p.slots for p in pieces]
+    z = vae.post_quant_conv(torch.randn(1, vae.config.z_dim, frames + 2, height // spatial, width // spatial))
+    seconds = [0.0] * len(pieces)
+    for f in range(z.shape[2]):
+        x = z[:, :, f:f + 1]
+        for i, (piece, cache) in enumerate(zip(pieces, caches)):
+            start = time.thread_time()
+            x = piece.run(x, cache, f == 0)
+            if f >= 2:  # the first frame differs and the second warms the allocator: time the steady ones
+                seconds[i] += time.thread_time() - start
+    return [s / frames for s in seconds]
+
+
+def measure_decode(repeats: int, sizes=DECODE_SIZES) -> dict:
+    """Per-piece decode time = ops x fixed + FLOPs / rate + bytes / bandwidth (cached or DRAM by each op's
+    working set), fitted over the pieces of the tiny VAE at a few resolutions (decode_cost.py)."""
+    from paravideo.costmodel.decode_cost import fit_nonnegative, piece_terms
+    from paravideo.costmodel.flops import decoder_piece_traffic
     from paravideo.models.builtin import ensure_builtin
     from paravideo.models.family import inspect_model
-    from paravideo.costmodel.flops import vae_decode_flops
 
     root = ensure_builtin("tiny")
-    family, factors = inspect_model(root)
+    family, _ = inspect_model(root)
     vae = family.load_vae(root, device=torch.device("cpu"))
-    xs, ys = [], []
-    for height, width in SIZES:
-        decoder = family.streaming_decoder(vae)
-        rows, cols = factors.latent_size(height, width)
-        z = torch.randn(1, factors.latent_channels, 1, rows, cols)
-        decoder.decode(z)  # the first frame differs; time the steady ones
-        ys.append(timed(lambda: decoder.decode(z), repeats))
-        xs.append(vae_decode_flops(dict(vae.config), rows, cols)[1])
-    overhead, per_flop = fit_line(xs, ys)
-    return {"flops_per_s": 1.0 / per_flop, "frame_overhead_s": overhead}
+    llc = last_level_cache_bytes()
+    rows, ys, scales = [], [], []
+    for height, width in sizes:
+        traffic = decoder_piece_traffic(dict(vae.config), height // 8, width // 8)
+        times = [min(t) for t in zip(*(decode_piece_times(vae, height, width) for _ in range(max(1, repeats // 2))))]
+        rows += [piece_terms(p, llc) for p in traffic]
+        ys += times
+        # Errors relative to the piece plus an average piece of that decode: a rank's share is a sum of
+        # pieces, so the many sub-millisecond pieces (op overhead, noisy) must not outweigh the big ones.
+        scales += [t + sum(times) / len(times) for t in times]
+    op_s, per_flop, per_cached, per_dram = fit_nonnegative(rows, ys, scales)
+    return {"op_overhead_s": op_s, "flops_per_s": 1.0 / per_flop if per_flop else 1e15,
+            "cache_gbps": 1e-9 / per_cached if per_cached else 1e6, "dram_gbps": 1e-9 / per_dram if per_dram else 1e6,
+            "llc_bytes": llc, "points": len(ys)}
 
 
 def measure_write(repeats: int, frames: int = 16) -> dict:

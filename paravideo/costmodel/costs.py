@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from paravideo.costmodel.decode_cost import piece_seconds
 from paravideo.costmodel.flops import condition_flops, embed_flops, head_flops, layer_flops, text_projection_flops
 from paravideo.costmodel.profiles import HardwareProfile
 from paravideo.costmodel.scenario import DecodeShape, Scenario
@@ -88,16 +89,20 @@ def schedule_costs(s: Scenario, profile: HardwareProfile, decode: DecodeShape, s
     t = s.traffic
     gather = [sum(profile.message_s(t.latent_bytes(b.frames, band)) for band in range(1, s.patch))
               for b in s.plan.blocks]
-    decode_block_s = [(b.frames * profile.decode_frame_overhead_s + decode.block_flops(s, b.index)
-                       / profile.vae_flops_per_s) * slow for b in s.plan.blocks]
-    share = decode.shares(s)
+    frame_s = decode_frame_seconds(s, profile, decode)
+    first = decode.first_frame_flops / decode.frame_flops if decode.frame_flops else 1.0
+    # [rank][block]: seconds of the rank's decode pieces for the block's latent frames (video frame 0 is cheaper)
+    decode_s = {r: [sum(later * (first if f == 0 else 1.0) for f in range(b.start, b.stop)) * slow
+                    for b in s.plan.blocks] for r, later in frame_s.items()}
+    none = [0.0] * len(s.plan.blocks)
     received = _decode_input_s(s, profile, decode)
     # Bands of a stage run side by side: the stage's timeline carries the largest band's decode share.
-    stage_decode = [[max((share.get(s.patch * stage + band, 0.0) * d + received.get(s.patch * stage + band, 0.0)
-                          * b.frames for band in range(1 if stage == 0 else 0, s.patch)), default=0.0)
-                     for b, d in zip(s.plan.blocks, decode_block_s)] for stage in range(s.pipeline)]
-    block_out = [max(share[0] * d + s.block_output_frames(b.index) * write_frame_s + gather[b.index], other)
-                 for b, d, other in zip(s.plan.blocks, decode_block_s, stage_decode[0])]
+    stage_decode = [[max((decode_s.get(s.patch * stage + band, none)[b.index]
+                          + received.get(s.patch * stage + band, 0.0) * b.frames
+                          for band in range(1 if stage == 0 else 0, s.patch)), default=0.0)
+                     for b in s.plan.blocks] for stage in range(s.pipeline)]
+    block_out = [max(d + s.block_output_frames(b.index) * write_frame_s + gather[b.index], other)
+                 for b, d, other in zip(s.plan.blocks, decode_s[0], stage_decode[0])]
     block_out[0] += profile.video_open_s
     seqs = range(len(s.plan.forwards))
     return ScheduleCosts(layers_s=layers_s, embed_s=embed_s, head_s=head_s,
@@ -105,6 +110,29 @@ def schedule_costs(s: Scenario, profile: HardwareProfile, decode: DecodeShape, s
                          hidden_msg_s=[profile.message_s(t.hidden_bytes(q)) for q in seqs],
                          prediction_msg_s=[profile.message_s(t.prediction_bytes(q)) for q in seqs],
                          wait_s=profile.wait_overhead_s, decode_s=stage_decode[1:])
+
+
+def decode_frame_seconds(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> dict[int, float]:
+    """Seconds per later latent frame each decoding rank spends in its decoder pieces (rank 0 alone
+    unless parallel.decode=pipeline); pieces are priced by their ops (decode_cost.py) when counted."""
+    overhead = profile.decode_frame_overhead_s
+    if decode.traffic:
+        piece_s = [piece_seconds(p, profile) + overhead / len(decode.traffic) for p in decode.traffic]
+    elif decode.pieces:
+        piece_s = [p.flops / profile.vae_flops_per_s + overhead / len(decode.pieces) for p in decode.pieces]
+    else:
+        piece_s = [decode.frame_flops / profile.vae_flops_per_s + overhead]
+    placement = decode.placement(s)
+    if placement is None:
+        return {0: sum(piece_s)}
+    return {r: sum(piece_s[slice(*placement.range_of(r))]) for r in placement.ranks}
+
+
+def video_decode_seconds(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> float:
+    """Seconds to decode all latent frames of the video on one rank (no placement: the one-process baselines)."""
+    later = sum(decode_frame_seconds(s.but(decode="rank0"), profile, decode).values())
+    first = decode.first_frame_flops / decode.frame_flops if decode.frame_flops else 1.0
+    return later * (s.latent_frames - 1 + first)
 
 
 def _decode_input_s(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> dict[int, float]:

@@ -95,3 +95,93 @@ def vae_decode_flops(vae_config: dict, latent_height: int, latent_width: int) ->
     return counts[0], counts[1]
 
 
+
+
+@dataclass(frozen=True)
+class OpTraffic:
+    """One tensor op of a decoder piece: FLOPs, bytes moved through memory, and the bytes it touches at once."""
+
+    flops: int
+    bytes: int
+    working_set: int
+
+
+@dataclass(frozen=True)
+class PieceTraffic:
+    """The ops one decoder piece runs for a later latent frame (views excluded: they move nothing)."""
+
+    ops: tuple[OpTraffic, ...]
+
+    @property
+    def flops(self) -> int:
+        return sum(o.flops for o in self.ops)
+
+
+def conv_traffic(inputs: int, output: int, weight: int, *, in_channels: int, kernel_volume: int,
+                 out_positions: int, out_channels: int, unfolds: bool) -> OpTraffic:
+    """A convolution; with `unfolds` as CPU torch runs a 3-D one (slow_conv3d): the input is unfolded into an
+    (in_channels x kernel volume) x positions float32 matrix, written once and read once by the matrix
+    product. 2-D convolutions (oneDNN) and 1x1x1 ones read their input in place."""
+    unfold = 4 * in_channels * kernel_volume * out_positions if unfolds else 0
+    # What must stay cached between two passes is the unfolded matrix (written by the unfold, read by the
+    # product); without one, the op streams its input and output once.
+    return OpTraffic(flops=matmul(out_channels, in_channels * kernel_volume, out_positions),
+                     bytes=inputs + output + weight + 2 * unfold, working_set=unfold or inputs + output + weight)
+
+
+def decoder_piece_traffic(vae_config: dict, latent_height: int, latent_width: int) -> list[PieceTraffic]:
+    """The ops of each decoder piece (io/decoder_pieces.py) for a later latent frame, recorded on meta
+    tensors (no weights, no compute)."""
+    import torch
+    from diffusers import AutoencoderKLWan
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+    from torch.utils.flop_counter import flop_registry
+
+    from paravideo.io.decoder_pieces import DecoderRange
+
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: list[OpTraffic] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.is_view:
+                return out
+            ins = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            if func is torch.ops.aten.convolution.default:
+                x, w, y = args[0], args[1], outs[0]
+                positions = y.numel() // y.shape[1]
+                self.ops.append(conv_traffic(nbytes([x]), nbytes([y]), nbytes(ins[1:]), in_channels=w.shape[1],
+                                             kernel_volume=w[0, 0].numel(), out_positions=positions,
+                                             out_channels=w.shape[0],
+                                             unfolds=w.dim() == 5 and w[0, 0].numel() > 1))
+            else:
+                count = flop_registry.get(func.overloadpacket)  # matmuls (the mid-block's attention)
+                flops = int(count(*args, **(kwargs or {}), out_val=out)) if count else 0
+                moved = nbytes(ins) + nbytes(outs)
+                self.ops.append(OpTraffic(flops=flops, bytes=moved, working_set=moved))
+            return out
+
+    kwargs = {k: v for k, v in vae_config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        vae = AutoencoderKLWan(**kwargs)
+        z = torch.zeros(1, vae.config.z_dim, 2, latent_height, latent_width)
+    rng = DecoderRange(vae, 0, 1)
+    caches = [[None] * p.slots for p in rng.pieces]
+    x0 = rng.prepare(z)
+    out = []
+    with torch.no_grad():
+        for frame in range(2):  # the first frame fills the caches; the second is the steady state
+            x = x0[:, :, frame:frame + 1]
+            for piece, cache in zip(rng.pieces, caches):
+                record = Record()
+                with record:
+                    x = piece.run(x, cache, frame == 0)
+                if frame == 1:
+                    out.append(PieceTraffic(tuple(record.ops)))
+    return out

@@ -32,6 +32,14 @@ class HardwareProfile(BaseModel):
     call_overhead_s: float = Field(ge=0, description="fixed seconds per embed / conditioning / head call")
     scheduler_step_s: float = Field(ge=0, description="seconds per scheduler step on rank 0")
     decode_frame_overhead_s: float = Field(ge=0, description="fixed seconds per latent frame decoded")
+    vae_op_overhead_s: float = Field(0.0, ge=0, description="fixed seconds per tensor op of the VAE decoder "
+                                     "(dispatch, allocation; counted only with the bandwidth terms)")
+    vae_cache_gbps: float | None = Field(None, gt=0, description="GB/s of the decoder's memory traffic (inputs, "
+                                         "outputs, unfolded conv inputs) while an op's working set fits the "
+                                         "last-level cache (None: the decode is priced by FLOPs alone)")
+    vae_dram_gbps: float | None = Field(None, gt=0, description="GB/s of that traffic once an op's working set "
+                                        "outgrows the last-level cache")
+    llc_bytes: int | None = Field(None, gt=0, description="last-level cache bytes (the working-set threshold)")
     video_open_s: float = Field(ge=0, description="seconds to start the mp4 encoder (at the first block written)")
     write_frame_s: float = Field(ge=0, description="fixed seconds to hand one output frame to ffmpeg")
     write_s_per_mpixel: float = Field(ge=0, description="seconds to hand one megapixel of output frames to ffmpeg")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from paravideo.parallel.patch.bands import BandSplit
-from paravideo.costmodel.flops import Window, vae_decode_flops, window
+from paravideo.costmodel.flops import Window, decoder_piece_traffic, vae_decode_flops, window
 from paravideo.costmodel.shapes import DiTShape
 from paravideo.costmodel.traffic import TrafficLayout
 from paravideo.io.decoder_pieces import decoder_piece_costs
@@ -200,6 +200,7 @@ class DecodeShape:
     first_frame_flops: int = 0
     frame_flops: int = 0
     pieces: tuple = ()  # PieceCost of each decoder piece (io/decoder_pieces.py), a later frame
+    traffic: tuple = ()  # PieceTraffic of each piece (costmodel/flops.py): its ops' FLOPs and bytes, a later frame
 
     def placement(self, scenario: Scenario):
         """The engine's DecodePlacement for `scenario` (None: rank 0 decodes everything)."""
@@ -250,7 +251,8 @@ class DecodeShape:
                 **{k: v for k, v in config.items() if not k.startswith("_")}).parameters())
         first, later = vae_decode_flops(config, scenario.latent_height, scenario.latent_width)
         pieces = tuple(decoder_piece_costs(config, scenario.latent_height, scenario.latent_width))
-        return cls(params=params, first_frame_flops=first, frame_flops=later, pieces=pieces)
+        return cls(params=params, first_frame_flops=first, frame_flops=later, pieces=pieces,
+                   traffic=tuple(decoder_piece_traffic(config, scenario.latent_height, scenario.latent_width)))
 
     def block_flops(self, scenario: Scenario, block: int) -> int:
         """FLOPs to decode one block's latent frames."""
