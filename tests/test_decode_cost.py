@@ -65,3 +65,20 @@ def test_counted_pieces_match_the_engines_pieces_and_grow_with_resolution(tiny_v
     assert all(sum(o.bytes for o in a.ops) < sum(o.bytes for o in b.ops) for a, b in zip(small, large))
     profile = load_profile("cpu-local")
     assert all(piece_seconds(a, profile) < piece_seconds(b, profile) for a, b in zip(small, large))
+
+
+def test_attention_products_are_priced_at_their_own_rate_and_grow_with_the_window():
+    from paravideo.costmodel.costs import layer_compute_seconds
+    from paravideo.costmodel.flops import Window, layer_flops
+    from paravideo.costmodel.shapes import PRESETS
+
+    shape = PRESETS["wan2.1-1.3b"]
+    one_rate = _profile(attention_tflops=None)
+    fast = _profile(attention_tflops=2 * one_rate.dit_flops_per_s / 1e12)
+    windows = [Window(2, q, q, 512) for q in (64, 576, 2112)]
+    flat = [layer_compute_seconds(shape, w, one_rate) for w in windows]
+    assert flat == [pytest.approx(sum(layer_flops(shape, w).values()) / one_rate.dit_flops_per_s) for w in windows]
+    faster = [layer_compute_seconds(shape, w, fast) for w in windows]
+    assert faster == sorted(faster) and all(a < b for a, b in zip(faster, flat))
+    # The attention share (quadratic in the window) gains the most from the faster kernel.
+    assert faster[-1] / flat[-1] < faster[0] / flat[0]

@@ -10,19 +10,22 @@ from typing import Callable
 
 import torch
 
-SIZES = ((32, 48), (64, 64), (96, 96))  # pixels
-FRAMES = (2, 4, 8)  # latent frames per window
+SIZES = ((32, 48), (64, 64), (96, 96))  # pixels (mp4 writes)
+DIT_SIZES = ((32, 48), (64, 64), (128, 128))  # pixels
+DIT_FRAMES = (2, 8, 17)  # latent frames per window
 
 
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Mean seconds of `fn()`: a run's time is a sum, so pauses from other processes must count too."""
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1, clock: Callable[[], float] = time.perf_counter
+          ) -> float:
+    """Mean seconds of `fn()` on `clock`: wall time where pauses are part of the work (messages, the ffmpeg
+    pipe); thread CPU time for compute, which on a shared machine is what the code costs on a free core."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.fmean(times)
 
 
@@ -48,37 +51,69 @@ def _stage(name: str):
     return root, stages[0]
 
 
+ATTENTION_TOKENS = (128, 512, 1088, 2112)  # query = key tokens: a block window up to a whole 129-frame video
+
+
+@torch.no_grad()
+def measure_attention(repeats: int, *, heads: int = 4, head_dim: int = 64, text_tokens: int = 512) -> dict:
+    """The attention kernel alone (torch's scaled_dot_product_attention, flash on CPU) at the small DiT's
+    head size: self-attention over `ATTENTION_TOKENS` and cross-attention to the text, seconds = fixed per
+    call + FLOPs / rate. Fitted on the kernel, not on whole layers: the tiny DiT's 16-wide heads run it at
+    half the rate and would pull a whole-layer fit far from what real (64-128 wide) heads get."""
+    import torch.nn.functional as F
+
+    from paravideo.costmodel.decode_cost import fit_nonnegative
+
+    rows, ys = [], []
+    for tokens in ATTENTION_TOKENS:
+        for keys in (tokens, text_tokens):
+            q = torch.randn(2, heads, tokens, head_dim)
+            kv = torch.randn(2, heads, keys, head_dim)
+            ys.append(timed(lambda: F.scaled_dot_product_attention(q, kv, kv), repeats, clock=time.thread_time))
+            rows.append((1.0, 2.0 * 2 * 2 * tokens * keys * heads * head_dim))  # QK^T and AV
+    call, per_flop = fit_nonnegative(rows, ys)
+    return {"flops_per_s": 1.0 / per_flop, "call_s": call}
+
+
 @torch.no_grad()
 def measure_dit(repeats: int) -> dict:
-    """Per-layer time = fixed + FLOPs / rate, fitted over window sizes of the tiny and small DiTs."""
+    """Per-layer time = fixed + projection/FFN FLOPs / rate + attention FLOPs / the kernel's rate
+    (`measure_attention`), the first two fitted over windows of the tiny and small DiTs from a short block
+    (2 latent frames at 32x48) to a whole 65-frame video at 128x128 (17 latent frames, 1,088 tokens)."""
+    from paravideo.costmodel.costs import ATTENTION_TERMS
     from paravideo.costmodel.flops import Window, condition_flops, embed_flops, head_flops, layer_flops
     from paravideo.costmodel.shapes import DiTShape
 
+    attention = measure_attention(repeats)
     xs, ys, calls = [], [], []
     for name in ("tiny", "small"):
         root, stage = _stage(name)
         shape = DiTShape.from_folder(root)
         text = stage.project_text(torch.randn(2, 512, shape.text_dim))
-        for height, width in SIZES:
-            for frames in FRAMES:
+        for height, width in DIT_SIZES:
+            for frames in DIT_FRAMES:
                 latents = torch.randn(1, shape.in_channels, frames, height // shape.spatial_stride,
                                       width // shape.spatial_stride)
                 grid = stage.grid(latents.shape)
                 tokens = grid[0] * grid[1] * grid[2]
                 cond = stage.condition(torch.tensor([500.0, 500.0]), text, grid)
                 hidden = stage.embed(latents).expand(2, -1, -1).contiguous()
-                seconds = timed(lambda: stage.run_layers(hidden, cond), repeats)
-                xs.append(sum(layer_flops(shape, Window(2, tokens, tokens, 512)).values()))
-                ys.append(seconds / stage.num_layers)
-                if frames == FRAMES[0]:
+                seconds = timed(lambda: stage.run_layers(hidden, cond), repeats, clock=time.thread_time)
+                terms = layer_flops(shape, Window(2, tokens, tokens, 512))
+                attention_flops = sum(terms[k] for k in ATTENTION_TERMS)
+                xs.append(sum(terms.values()) - attention_flops)
+                ys.append(max(1e-6, seconds / stage.num_layers - attention_flops / attention["flops_per_s"]))
+                if frames == DIT_FRAMES[0]:
                     out = stage.run_layers(hidden, cond)
-                    calls.append((timed(lambda: stage.condition(torch.tensor([500.0, 500.0]), text, grid), repeats)
-                                  + timed(lambda: stage.embed(latents), repeats)
-                                  + timed(lambda: stage.head(out, cond), repeats),
+                    calls.append((timed(lambda: stage.condition(torch.tensor([500.0, 500.0]), text, grid), repeats,
+                                        clock=time.thread_time)
+                                  + timed(lambda: stage.embed(latents), repeats, clock=time.thread_time)
+                                  + timed(lambda: stage.head(out, cond), repeats, clock=time.thread_time),
                                   condition_flops(shape, 2) + embed_flops(shape, tokens) + head_flops(shape, 2, tokens)))
     overhead, per_flop = fit_line(xs, ys)
     call = statistics.median(max(0.0, t - f * per_flop) / 3 for t, f in calls)
-    return {"flops_per_s": 1.0 / per_flop, "layer_overhead_s": overhead, "call_overhead_s": call, "points": len(xs)}
+    return {"flops_per_s": 1.0 / per_flop, "attention_flops_per_s": attention["flops_per_s"],
+            "layer_overhead_s": overhead, "call_overhead_s": call, "points": len(ys)}
 
 
 def measure_scheduler(repeats: int, steps: int = 8) -> float:
@@ -97,7 +132,7 @@ def measure_scheduler(repeats: int, steps: int = 8) -> float:
         for t in bank.timesteps:
             x = sched.step(torch.randn_like(x), t, x, return_dict=False)[0]
 
-    return timed(one_block, repeats) / steps
+    return timed(one_block, repeats, clock=time.thread_time) / steps
 
 
 DECODE_SIZES = ((32, 48), (64, 64), (160, 160))  # pixels: the last one's conv unfolds outgrow a 32 MiB cache

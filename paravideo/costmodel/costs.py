@@ -27,6 +27,17 @@ def forward_dit_flops(s: Scenario) -> list[int]:
     return out
 
 
+ATTENTION_TERMS = ("self_attn", "cross_attn")
+
+
+def layer_compute_seconds(shape, w, profile: HardwareProfile) -> float:
+    """One layer's matrix products over window `w`: the attention products at the attention rate (a fused
+    kernel), the projections and FFN at the DiT rate."""
+    terms = layer_flops(shape, w)
+    attention = sum(terms[k] for k in ATTENTION_TERMS)
+    return (sum(terms.values()) - attention) / profile.dit_flops_per_s + attention / profile.attention_flops_per_s
+
+
 def _exchange_s(s: Scenario, profile: HardwareProfile, seq: int) -> float:
     """Per layer: the synchronous K/V gather of an exact step, or completing a stale refresh later on.
 
@@ -69,7 +80,7 @@ def schedule_costs(s: Scenario, profile: HardwareProfile, decode: DecodeShape, s
     cond_s = call + condition_flops(s.shape, s.batch) / rate
     for fwd in s.plan.forwards:
         w = s.window(fwd)
-        one_layer = profile.layer_overhead_s * slow + sum(layer_flops(s.shape, w).values()) / rate
+        one_layer = (profile.layer_overhead_s + layer_compute_seconds(s.shape, w, profile)) * slow
         if s.patch > 1:
             one_layer += _exchange_s(s, profile, fwd.seq)
         seq_layer_s, gather_s = _sequence_s(s, profile, fwd.seq)
@@ -149,12 +160,26 @@ def text_encoder_flops(s: Scenario) -> int:
     return 2 * (s.shape.text_encoder_params or 0) * s.text_tokens * (s.prompts + int(s.cfg))
 
 
+def text_encoder_seconds(s: Scenario, profile: HardwareProfile) -> float:
+    """Seconds of the text encoder's forward and the DiT's text projection (rank 0, before the first forward)."""
+    return (text_projection_flops(s.shape, s.prompts + int(s.cfg), s.text_tokens)
+            + text_encoder_flops(s)) / profile.dit_flops_per_s
+
+
+def attention_seconds(s: Scenario, profile: HardwareProfile) -> float:
+    """Seconds of band 0's attention products (self and cross) over all forwards of one rank: a part of
+    the layers' time, reported on its own by benchmarks/cost_phases.py."""
+    total = 0.0
+    for fwd in s.plan.forwards:
+        terms = layer_flops(s.shape, s.window(fwd))
+        total += s.shape.num_layers * (terms["self_attn"] + terms["cross_attn"]) / profile.attention_flops_per_s
+    return total
+
+
 def startup_seconds(s: Scenario, profile: HardwareProfile, decode: DecodeShape) -> float:
     """Fixed start-up plus reading rank 0's share (its stage, the float32 text encoder and VAE) and encoding
     the prompts there."""
     lo, hi = s.ranges[0]
     nbytes = stage_param_bytes(s.shape, hi - lo, s.dtype_bytes) + 4 * ((s.shape.text_encoder_params or 0)
                                                                        + decode.params)
-    text = (text_projection_flops(s.shape, s.prompts + int(s.cfg), s.text_tokens)
-            + text_encoder_flops(s)) / profile.dit_flops_per_s
-    return profile.startup_s + nbytes / (profile.load_gbps * 1e9) + text
+    return profile.startup_s + nbytes / (profile.load_gbps * 1e9) + text_encoder_seconds(s, profile)

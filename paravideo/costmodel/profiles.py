@@ -26,6 +26,9 @@ class HardwareProfile(BaseModel):
     source: str = Field(description="where the numbers come from: datasheet + assumption, or a calibration run")
     dit_peak_tflops: float = Field(gt=0, description="peak dense TFLOP/s at the DiT's compute dtype")
     dit_efficiency: float = Field(gt=0, le=1, description="fraction of that peak the DiT's matmuls/attention reach")
+    attention_tflops: float | None = Field(None, gt=0, description="achieved TFLOP/s of the attention products "
+                                           "(QK^T, AV: a fused kernel, faster per FLOP than the projections on "
+                                           "CPU); None: the DiT rate")
     vae_peak_tflops: float = Field(gt=0, description="peak TFLOP/s for the float32 VAE (TF32 on NVIDIA)")
     vae_efficiency: float = Field(gt=0, le=1, description="fraction of that peak the VAE decoder reaches")
     layer_overhead_s: float = Field(ge=0, description="fixed seconds per transformer layer call (launch, Python)")
@@ -58,6 +61,10 @@ class HardwareProfile(BaseModel):
     @property
     def dit_flops_per_s(self) -> float:
         return self.dit_peak_tflops * self.dit_efficiency * 1e12
+
+    @property
+    def attention_flops_per_s(self) -> float:
+        return self.attention_tflops * 1e12 if self.attention_tflops else self.dit_flops_per_s
 
     @property
     def vae_flops_per_s(self) -> float:
