@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from paravideo.costmodel.decode_cost import piece_seconds
-from paravideo.costmodel.flops import condition_flops, embed_flops, head_flops, layer_flops, text_projection_flops
+from paravideo.costmodel.flops import (Window, condition_flops, embed_flops, head_flops, layer_flops,
+                                       text_projection_flops)
 from paravideo.costmodel.profiles import HardwareProfile
 from paravideo.costmodel.scenario import DecodeShape, Scenario
-from paravideo.costmodel.shapes import stage_param_bytes
+from paravideo.costmodel.shapes import DiTShape, stage_param_bytes
 from paravideo.costmodel.simulate import ScheduleCosts
 
 MEGA = 1e6
@@ -30,7 +31,7 @@ def forward_dit_flops(s: Scenario) -> list[int]:
 ATTENTION_TERMS = ("self_attn", "cross_attn")
 
 
-def layer_compute_seconds(shape, w, profile: HardwareProfile) -> float:
+def layer_compute_seconds(shape: DiTShape, w: Window, profile: HardwareProfile) -> float:
     """One layer's matrix products over window `w`: the attention products at the attention rate (a fused
     kernel), the projections and FFN at the DiT rate."""
     terms = layer_flops(shape, w)
@@ -172,7 +173,7 @@ def attention_seconds(s: Scenario, profile: HardwareProfile) -> float:
     total = 0.0
     for fwd in s.plan.forwards:
         terms = layer_flops(s.shape, s.window(fwd))
-        total += s.shape.num_layers * (terms["self_attn"] + terms["cross_attn"]) / profile.attention_flops_per_s
+        total += s.shape.num_layers * sum(terms[k] for k in ATTENTION_TERMS) / profile.attention_flops_per_s
     return total
 
 
