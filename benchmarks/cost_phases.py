@@ -2,14 +2,16 @@
 far less than wall time).
 
 Usage: python benchmarks/cost_phases.py [--frames 33 65 129] [--size 128] [--steps 8] [--block-frames 0]
-         [--context 0] [--model builtin:small] [--profile cpu-local]
+         [--context 0] [--model builtin:small] [--profile cpu-local] [--parallel pipeline=2 ...]
 Each run is `paravideo generate` in a fresh process (inline launcher, 1 thread) with the recorder's spans
 timed in thread CPU seconds as well; --block-frames 0 is the whole video as one block (the vs_peers
 setting), 4 with --context 1 the block-wise setting of decode_scaling.py. Phases: start-up (from the
 call to the first forward: imports done before, so model load, prompt encoding, set-up), of which the
 text encoder; the DiT forwards (embed + conditioning + layers + head), of which attention (timed with
 its own spans); scheduler steps; decode; mp4 writes; the rest. Predicted: the cost model's terms for the
-same config (costs.py). Each run is a fresh interpreter; the defaults take about 1.5 minutes of CPU
+same config (costs.py). With --parallel (e.g. `pipeline=2`, `cfg=2 ulysses=2`) it runs the local
+launcher instead and prints each rank's busy / decode+write (io) / idle seconds from run.json (wall
+clock: read them on a quiet machine) against the prediction's. Each run is a fresh interpreter; the defaults take about 1.5 minutes of CPU
 (33: 10 s, 65: 20 s, 129: 45 s, plus start-up and the model's VAE count).
 """
 
@@ -100,6 +102,30 @@ def _predicted(config_dict: dict, profile_name: str) -> dict[str, float]:
             "decode": sum(costs.block_out_s) - write, "write": write, "wall": pred.wall_s}
 
 
+def per_rank(config: dict, profile_name: str, frames: int) -> list[list]:
+    """A multi-rank run (local launcher, fresh processes): run.json's per-rank busy / decode+write / idle
+    seconds against the prediction's. Wall-clock spans, so read them on a quiet machine."""
+    from _runs import run_generate
+
+    from paravideo.config import parse_config
+    from paravideo.costmodel.cost_model import predict
+    from paravideo.costmodel.profiles import load_profile
+    from paravideo.costmodel.scenario import Scenario
+
+    load = os.getloadavg()[0]
+    run = run_generate(config, label=f"ranks-{frames}")
+    pred = predict(Scenario.from_config(parse_config(config)), load_profile(profile_name))
+    rows = []
+    for measured, predicted in zip(run["ranks"], pred.ranks):
+        for kind in ("busy", "io", "idle"):
+            m, p = measured[f"{kind}_s"], getattr(predicted, f"{kind}_s")
+            rows.append([frames, measured["rank"], kind, f"{m:.2f}", f"{p:.2f}",
+                         f"{p / m - 1:+.0%}" if m > 0.01 else "-", f"{load:.1f}"])
+    rows.append([frames, "all", "wall", f"{run['wall_s']:.2f}", f"{pred.wall_s:.2f}",
+                 f"{pred.wall_s / run['wall_s'] - 1:+.0%}", f"{load:.1f}"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[33, 65, 129])
@@ -109,6 +135,9 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=0)
     parser.add_argument("--model", default="builtin:small")
     parser.add_argument("--profile", default="cpu-local")
+    parser.add_argument("--parallel", nargs="*", default=[], metavar="AXIS=N",
+                        help="e.g. pipeline=2 or cfg=2 ulysses=2: per-rank wall-clock busy/io/idle against the "
+                             "model instead of the one-rank phases")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one run's config (JSON): measure, print JSON
     args = parser.parse_args()
     if args.child:
@@ -117,6 +146,10 @@ def main() -> None:
         torch.set_num_threads(1)
         print(json.dumps(_timed_run(json.loads(args.child))))
         return
+    parallel = {k: int(v) for k, v in (item.split("=") for item in args.parallel)}
+    world = 1
+    for degree in parallel.values():
+        world *= degree
     rows = []
     for frames in args.frames:
         with tempfile.TemporaryDirectory() as tmp:
@@ -127,6 +160,12 @@ def main() -> None:
                       "blocks": {"block_frames": args.block_frames, "context_frames": args.context},
                       "launch": {"launcher": "inline", "nproc": 1, "threads_per_rank": 1},
                       "output": {"dir": tmp, "overwrite": True, "progress": False}}
+            if parallel:
+                config.update(parallel=parallel, launch={"launcher": "local", "nproc": world, "threads_per_rank": 1})
+                del config["output"]
+                rows += per_rank(config, args.profile, frames)
+                print(f"{frames} frames done", flush=True)
+                continue
             load = os.getloadavg()[0]
             # A fresh interpreter per run, as `paravideo generate` would be (lazy imports count in start-up).
             child = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)], capture_output=True,
@@ -142,6 +181,11 @@ def main() -> None:
             rows.append([frames, phase, f"{m:.2f}", f"{p:.2f}", f"{p / m - 1:+.0%}" if m else "-", f"{load:.1f}"])
         print(f"{frames} frames done (load {load:.1f})", flush=True)
     print()
+    if parallel:
+        print(f"{args.model}, {args.size}x{args.size}, {args.steps} steps, block_frames {args.block_frames}, "
+              f"parallel {parallel}; measured = run.json per-rank wall-clock seconds, predicted on {args.profile}:")
+        print(table(["frames", "rank", "time", "measured s", "predicted s", "error", "load"], rows))
+        return
     print(f"{args.model}, {args.size}x{args.size}, {args.steps} steps, block_frames {args.block_frames}, 1 rank, "
           f"1 thread; measured = thread CPU s (wall row: CPU s of all threads), predicted on {args.profile}:")
     print(table(["frames", "phase", "measured s", "predicted s", "error", "load"], rows))
