@@ -18,8 +18,6 @@ from paravideo.parallel.seq import ring, ulysses
 from paravideo.parallel.seq.groups import Collectives, SeqGroups
 from paravideo.parallel.seq.split import chunk_sizes
 
-# `kv_hooks(key, value, tokens=None)`: the registry's K/V hooks on the whole window, or on its tokens [lo, hi).
-KVHooks = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -41,7 +39,7 @@ class SeqAttention:
         return sizes[mine:mine + u], ring_sizes
 
     def __call__(self, call: AttentionCall, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
-                 kv_hooks: KVHooks, kernel: Kernel) -> torch.Tensor:
+                 kv_hooks: ring.PieceHooks, kernel: Kernel) -> torch.Tensor:
         g = self.groups
         uly_sizes, ring_sizes = self._sizes(call)
         if g.ulysses.size > 1:

@@ -21,7 +21,8 @@ from paravideo.parallel.seq.groups import Collectives, Group
 
 KIND = "ring_kv"
 
-# The registry's K/V hooks for one piece of the window: `(key, value, tokens=(lo, hi))` -> K/V to attend to.
+# The registry's K/V hooks: `(key, value, tokens=None)` on the whole window, or with `tokens=(lo, hi)` on
+# window tokens [lo, hi) -> the K/V to attend to.
 PieceHooks = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -58,13 +59,12 @@ class OnlineSoftmax:
 
 
 def ring_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sizes: list[int],
-                   comm: Collectives, group: Group, *, kv_hooks: PieceHooks,
-                   observe: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+                   comm: Collectives, group: Group, *, kv_hooks: PieceHooks) -> torch.Tensor:
     """Attention of this rank's queries over the K/V of every ring member; `sizes[j]` = member j's tokens.
 
     `kv_hooks` sees each chunk once, with its window tokens, before it is attended to (the feature cache
     keeps the head K/V it needs from the chunks passing by and appends its cached K/V to the chunk that
-    ends the window). `observe` (tests) sees each K/V tensor attended to.
+    ends the window).
     """
     starts = [sum(sizes[:j]) for j in range(len(sizes))]
     held = torch.stack([key, value]).contiguous()  # one message per step
@@ -78,10 +78,8 @@ def ring_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
             wait = comm.shift(held, incoming, group, kind=KIND,
                               what=f"ring K/V step {step + 1} of {group.size - 1} (chunk {arriving})")
         k, v = kv_hooks(held[0], held[1], tokens=(starts[owner], starts[owner] + sizes[owner]))
-        if observe is not None:
-            observe(k)
         acc.add(k, v)
-        del k, v
+        del k, v  # a hook may have made a copy (the cache appended): gone before the next buffer is taken
         if wait is not None:
             wait()
             held = incoming
