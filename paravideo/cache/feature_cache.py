@@ -31,15 +31,14 @@ class FeatureCache:
     def __call__(self, call: AttentionCall, key: torch.Tensor, value: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         info = call.info
-        window = info.window_frames * info.tokens_per_frame
-        start = call.tokens[0] if call.tokens is not None else 0
+        start, end = call.tokens if call.tokens is not None else (0, None)
         if info.keep_head_frames:
             lo = info.context_frames * info.tokens_per_frame
             hi = lo + info.keep_head_frames * info.tokens_per_frame
             self._keep((info.block, call.layer), key, value, start, lo, hi)
         # Ring attention hands the window over chunk by chunk: the cached K/V join the chunk that ends the
         # window, so each rank attends to them once per forward (one rank: the whole window ends it).
-        if info.future_block is not None and start + key.shape[1] == window:
+        if info.future_block is not None and end in (None, info.window_frames * info.tokens_per_frame):
             key_of = (info.future_block, call.layer)
             entry = self._store.get(key_of) if self.retain else self._store.pop(key_of, None)
             assert entry is not None, (f"feature cache has no K/V of block {info.future_block} at layer "

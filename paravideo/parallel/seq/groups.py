@@ -107,7 +107,7 @@ class Collectives:
         """Post one ring step: `tensor` to the next member, the previous member's into `out`; returns its wait.
 
         The caller computes between posting and waiting, so the transfer overlaps its work. Send and
-        receive go out as one batch: NCCL would deadlock on a lone send to a peer that also sends first.
+        receive go out as one batch: on NCCL two ranks that each post a lone send first can deadlock.
         """
         after = group.ranks[(group.index + 1) % group.size]
         before = group.ranks[(group.index - 1) % group.size]
