@@ -169,7 +169,7 @@ def patch_kv_messages(t: TrafficLayout) -> Iterable[Message]:
 
 
 def sequence_messages(t: TrafficLayout) -> Iterable[Message]:
-    """Per layer, Ulysses all-to-alls (q/k/v out, attention back) and the ring's K/V all-gather; per forward,
+    """Per layer, Ulysses all-to-alls (q/k/v out, attention back) and the ring's K/V steps; per forward,
     the last stage's gather of the token chunks before the head. Sizes as the engine's collectives count them."""
     if t.seq == 1:
         return
@@ -184,8 +184,9 @@ def sequence_messages(t: TrafficLayout) -> Iterable[Message]:
                 if u > 1:
                     out = 3 * b * mine * (d // u) * (u - 1) + b * (sum(group) - mine) * (d // u)
                     yield rank, "ulysses_a2a", layers * out * t.dtype_bytes
-                if r > 1:
-                    yield rank, "ring_kv", layers * 2 * b * max(rings) * (d // u) * (r - 1) * t.dtype_bytes
+                if r > 1:  # R - 1 ring steps pass on every chunk but the next member's (it arrives last)
+                    passed = sum(rings) - rings[(chunk // u + 1) % r]
+                    yield rank, "ring_kv", layers * 2 * b * passed * (d // u) * t.dtype_bytes
                 if stage == len(t.stage_layers) - 1:
                     yield rank, "seq_gather", b * max(sizes) * d * (t.seq - 1) * t.dtype_bytes
 

@@ -31,10 +31,15 @@ class AttentionCall:
 
     layer: int
     info: ForwardInfo
+    # Window tokens [lo, hi) of the K/V the hooks get, when a wrapper hands the window over in pieces (ring
+    # attention: one chunk at a time, each token once); None: the whole window at once.
+    tokens: tuple[int, int] | None = None
 
 
 class KVHook(Protocol):
-    """Sees rotated keys and values `(batch, tokens, heads, head_dim)`; returns the ones to attend to."""
+    """Sees rotated keys and values `(batch, tokens, heads, head_dim)`; returns the ones to attend to.
+
+    A hook that reads window positions honours `call.tokens` (the K/V may be one piece of the window)."""
 
     def __call__(self, call: AttentionCall, key: torch.Tensor, value: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -42,7 +47,8 @@ class KVHook(Protocol):
 
 class AttentionWrapper(Protocol):
     """Runs around the attention kernel (sequence parallelism): gets this rank's q/k/v `(b, tokens, heads, d)`,
-    must call `kv_hooks` on the K/V it attends to and `kernel` (or an equivalent) for the attention."""
+    must call `kv_hooks` on the K/V it attends to (whole, or piece by piece with `tokens=(lo, hi)`, each window
+    token once) and `kernel` (or an equivalent) for the attention."""
 
     name: str
 
@@ -78,9 +84,10 @@ class HookRegistry:
         """The hook called `name`, if registered."""
         return self._hooks.get(name)
 
-    def run(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply every hook in registration order."""
-        call = AttentionCall(layer=layer, info=self.info)
+    def run(self, layer: int, key: torch.Tensor, value: torch.Tensor, tokens: tuple[int, int] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply every hook in registration order (to window tokens `tokens`, or the whole window)."""
+        call = AttentionCall(layer=layer, info=self.info, tokens=tokens)
         for hook in self._hooks.values():
             key, value = hook(call, key, value)
         return key, value
@@ -92,4 +99,4 @@ class HookRegistry:
             key, value = self.run(layer, key, value)
             return kernel(query, key, value)
         return self.wrapper(AttentionCall(layer=layer, info=self.info), query, key, value,
-                            kv_hooks=lambda k, v: self.run(layer, k, v), kernel=kernel)
+                            kv_hooks=lambda k, v, tokens=None: self.run(layer, k, v, tokens), kernel=kernel)

@@ -1,9 +1,10 @@
 """Sequence-parallel self-attention: the wrapper the hook registry runs around the attention kernel.
 
 A rank holds a chunk of the window's tokens. Ulysses first swaps tokens for heads inside its group
-(now: all of the group's tokens, 1/U of the heads); the ring then gathers the other ring members'
-K/V. The registry's K/V hooks (the feature cache) see K/V of the whole window for this rank's heads,
-as on one rank, so cached K/V are split the same way as the heads (Ulysses) and complete per rank (ring).
+(now: all of the group's tokens, 1/U of the heads); the ring then passes the ring members' K/V chunks
+round, one at a time. The registry's K/V hooks (the feature cache) see K/V of the whole window for this
+rank's heads, as on one rank: at once without a ring, chunk by chunk (each with its window tokens) with
+one. So cached K/V are split the same way as the heads (Ulysses) and complete per rank (ring).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from paravideo.parallel.seq import ring, ulysses
 from paravideo.parallel.seq.groups import Collectives, SeqGroups
 from paravideo.parallel.seq.split import chunk_sizes
 
-KVHooks = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -39,20 +39,14 @@ class SeqAttention:
         return sizes[mine:mine + u], ring_sizes
 
     def __call__(self, call: AttentionCall, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
-                 kv_hooks: KVHooks, kernel: Kernel) -> torch.Tensor:
+                 kv_hooks: ring.PieceHooks, kernel: Kernel) -> torch.Tensor:
         g = self.groups
         uly_sizes, ring_sizes = self._sizes(call)
         if g.ulysses.size > 1:
             query, key, value = ulysses.scatter_heads(torch.stack([query, key, value]), uly_sizes, self.comm,
                                                       g.ulysses).unbind(0)
         if g.ring.size > 1:
-            key, value = ring.gather_kv(key, value, ring_sizes, self.comm, g.ring)
-            window = key.shape[1]
-            key, value = kv_hooks(key, value)
-            # One merge step per ring chunk, one more for K/V a hook appended (the feature cache's).
-            edges = [sum(ring_sizes[:r]) for r in range(g.ring.size + 1)] + [key.shape[1]]
-            out = ring.chunked_attention(query, key, value, [(a, b) for a, b in zip(edges, edges[1:])])
-            assert edges[-2] == window
+            out = ring.ring_attention(query, key, value, ring_sizes, self.comm, g.ring, kv_hooks=kv_hooks)
         else:
             key, value = kv_hooks(key, value)
             out = kernel(query, key, value)

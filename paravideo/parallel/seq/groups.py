@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
-from paravideo.parallel.comm import wait_failure, wait_work
+from paravideo.parallel.comm import wait_failure, wait_works
 from paravideo.parallel.layout import ParallelLayout
 from paravideo.telemetry.recorder import IDLE, Recorder
 
@@ -64,11 +65,11 @@ class Collectives:
         self.rank, self.device, self.recorder = rank, device, recorder
         self.timeout = datetime.timedelta(seconds=timeout_s)
 
-    def _wait(self, work, group: Group, what: str) -> None:
+    def _wait(self, works: list, group: Group, what: str) -> None:
         with self.recorder.span(f"wait {what}", IDLE, peers=group.ranks):
             start = time.monotonic()
             try:
-                wait_work(work, self.timeout, self.device)
+                wait_works(works, self.timeout, self.device)
             except RuntimeError as err:
                 raise wait_failure(err, rank=self.rank, waited_s=time.monotonic() - start,
                                    timeout_s=self.timeout.total_seconds(), what=what,
@@ -83,7 +84,7 @@ class Collectives:
         work = dist.all_to_all_single(flat_out, flat_in, output_split_sizes=out_numels, input_split_sizes=in_splits,
                                       group=group.handle, async_op=True)
         self.recorder.add_bytes(kind, (flat_in.numel() - in_splits[group.index]) * flat_in.element_size())
-        self._wait(work, group, what)
+        self._wait([work], group, what)
         return list(flat_out.split(out_numels))
 
     def all_gather(self, tensor: torch.Tensor, sizes: list[int], dim: int, group: Group, *, kind: str,
@@ -98,5 +99,19 @@ class Collectives:
         out = [torch.empty_like(tensor) for _ in sizes]
         work = dist.all_gather(out, tensor, group=group.handle, async_op=True)
         self.recorder.add_bytes(kind, tensor.numel() * tensor.element_size() * (group.size - 1))
-        self._wait(work, group, what)
+        self._wait([work], group, what)
         return [part.narrow(dim, 0, size) for part, size in zip(out, sizes)]
+
+    def shift(self, tensor: torch.Tensor, out: torch.Tensor, group: Group, *, kind: str,
+              what: str) -> Callable[[], None]:
+        """Post one ring step: `tensor` to the next member, the previous member's into `out`; returns its wait.
+
+        The caller computes between posting and waiting, so the transfer overlaps its work. Send and
+        receive go out as one batch: on NCCL two ranks that each post a lone send first can deadlock.
+        """
+        after = group.ranks[(group.index + 1) % group.size]
+        before = group.ranks[(group.index - 1) % group.size]
+        works = dist.batch_isend_irecv([dist.P2POp(dist.isend, tensor, after, group=group.handle),
+                                        dist.P2POp(dist.irecv, out, before, group=group.handle)])
+        self.recorder.add_bytes(kind, tensor.numel() * tensor.element_size())
+        return lambda: self._wait(works, group, what)

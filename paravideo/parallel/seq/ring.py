@@ -1,12 +1,19 @@
-"""Ring: K/V of the ring group's token chunks, attention merged chunk by chunk with online softmax.
+"""Ring attention: K/V chunks travel round the ring group while each rank attends to the one it holds.
 
-Like diffusers 0.42's ring attention, the chunks are all-gathered (one collective per layer) and then
-attended one after another, each chunk's partial result merged through its log-sum-exp. The merge
-reorders the softmax sums, so the result is not bit-identical to one rank: in float32 it stays within
-1e-5 of it (tests assert that bound on the clean latents).
+Every ring rank starts with its own K/V chunk. In R - 1 steps it sends the chunk it holds to the next
+member and receives the previous member's, attending to the held chunk while the next one is in
+flight; after R - 1 steps every chunk has passed every rank once. Each chunk's partial result is merged
+through its log-sum-exp (online softmax, float32). A rank holds at most two chunks at once (the one it
+attends to and the one arriving), never the whole window. The merge reorders the softmax sums, so the
+result is not bit-identical to one rank: in float32 it stays within 1e-5 of it (tests assert that bound).
+
+Every rank knows every chunk's size (the window's split is a pure function of its token count), so
+uneven chunks travel at their exact sizes: nothing is padded and no size travels.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -14,35 +21,66 @@ from paravideo.parallel.seq.groups import Collectives, Group
 
 KIND = "ring_kv"
 
-
-def gather_kv(key: torch.Tensor, value: torch.Tensor, sizes: list[int], comm: Collectives,
-              group: Group) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every ring member's K/V chunk `(b, sizes[j], h, d)`, joined in token order."""
-    parts = comm.all_gather(torch.stack([key, value]), sizes, 2, group, kind=KIND, what="ring K/V")
-    kv = torch.cat(parts, dim=2)
-    return kv[0], kv[1]
+# The registry's K/V hooks: `(key, value, tokens=None)` on the whole window, or with `tokens=(lo, hi)` on
+# window tokens [lo, hi) -> the K/V to attend to.
+PieceHooks = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-def chunked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      bounds: list[tuple[int, int]]) -> torch.Tensor:
-    """Softmax attention of `query (b, n, h, d)` over K/V token ranges `bounds`, merged by log-sum-exp (float32)."""
-    scale = query.shape[-1] ** -0.5
-    q = query.float().transpose(1, 2)
-    out = lse = None
-    for lo, hi in bounds:
-        if hi <= lo:
-            continue
-        k = key[:, lo:hi].float().transpose(1, 2)
-        v = value[:, lo:hi].float().transpose(1, 2)
-        scores = (q @ k.transpose(-1, -2)) * scale
+class OnlineSoftmax:
+    """Softmax attention of fixed queries `(b, n, h, d)` over K/V pieces added one at a time (float32)."""
+
+    def __init__(self, query: torch.Tensor):
+        self.dtype, self.scale = query.dtype, query.shape[-1] ** -0.5
+        self.q = query.float().transpose(1, 2)
+        self.out: torch.Tensor | None = None
+        self.lse: torch.Tensor | None = None
+
+    def add(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Merge attention over `key`/`value (b, m, h, d)` into the running result through its log-sum-exp."""
+        if key.shape[1] == 0:
+            return
+        k, v = key.float().transpose(1, 2), value.float().transpose(1, 2)
+        scores = (self.q @ k.transpose(-1, -2)) * self.scale
         peak = scores.amax(dim=-1, keepdim=True)
         weights = (scores - peak).exp()
         total = weights.sum(dim=-1, keepdim=True)
         part, part_lse = (weights @ v) / total, peak + total.log()
-        if out is None:
-            out, lse = part, part_lse
-        else:
-            merged = torch.logaddexp(lse, part_lse)
-            out = out * (lse - merged).exp() + part * (part_lse - merged).exp()
-            lse = merged
-    return out.transpose(1, 2).to(query.dtype)
+        if self.out is None:
+            self.out, self.lse = part, part_lse
+            return
+        merged = torch.logaddexp(self.lse, part_lse)
+        self.out = self.out * (self.lse - merged).exp() + part * (part_lse - merged).exp()
+        self.lse = merged
+
+    def result(self) -> torch.Tensor:
+        """The attention output `(b, n, h, d)` in the queries' dtype."""
+        assert self.out is not None, "attention over no keys"
+        return self.out.transpose(1, 2).to(self.dtype)
+
+
+def ring_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sizes: list[int],
+                   comm: Collectives, group: Group, *, kv_hooks: PieceHooks) -> torch.Tensor:
+    """Attention of this rank's queries over the K/V of every ring member; `sizes[j]` = member j's tokens.
+
+    `kv_hooks` sees each chunk once, with its window tokens, before it is attended to (the feature cache
+    keeps the head K/V it needs from the chunks passing by and appends its cached K/V to the chunk that
+    ends the window).
+    """
+    starts = [sum(sizes[:j]) for j in range(len(sizes))]
+    held = torch.stack([key, value]).contiguous()  # one message per step
+    acc = OnlineSoftmax(query)
+    for step in range(group.size):
+        owner = (group.index - step) % group.size
+        wait = None
+        if step < group.size - 1:
+            arriving = (owner - 1) % group.size
+            incoming = held.new_empty((2, held.shape[1], sizes[arriving], *held.shape[3:]))
+            wait = comm.shift(held, incoming, group, kind=KIND,
+                              what=f"ring K/V step {step + 1} of {group.size - 1} (chunk {arriving})")
+        k, v = kv_hooks(held[0], held[1], tokens=(starts[owner], starts[owner] + sizes[owner]))
+        acc.add(k, v)
+        del k, v  # a hook may have made a copy (the cache appended): gone before the next buffer is taken
+        if wait is not None:
+            wait()
+            held = incoming
+    return acc.result()
