@@ -54,7 +54,10 @@ def _exchange_s(s: Scenario, profile: HardwareProfile, seq: int) -> float:
 
 
 def _sequence_s(s: Scenario, profile: HardwareProfile, seq: int) -> tuple[float, float]:
-    """Per layer: Ulysses' two all-to-alls and the ring's K/V all-gather; per forward: the head's token gather."""
+    """Per layer: Ulysses' two all-to-alls and the ring's R-1 K/V steps; per forward: the head's token gather.
+
+    A ring step overlaps the attention of the chunk held; the model charges its message in full (an upper bound).
+    """
     if s.seq == 1:
         return 0.0, 0.0
     t, u, r = s.traffic, s.ulysses, s.ring
@@ -67,7 +70,7 @@ def _sequence_s(s: Scenario, profile: HardwareProfile, seq: int) -> tuple[float,
             + profile.message_s(b * (group - mine) * d // u * nbytes)
     if r > 1:
         ring = max(sum(sizes[i * u:(i + 1) * u]) for i in range(r))
-        layer += profile.wait_overhead_s + profile.message_s(2 * b * ring * d // u * (r - 1) * nbytes)
+        layer += (r - 1) * (profile.wait_overhead_s + profile.message_s(2 * b * ring * d // u * nbytes))
     gather = profile.wait_overhead_s + profile.message_s(b * max(sizes) * d * (s.seq - 1) * nbytes)
     return layer, gather
 

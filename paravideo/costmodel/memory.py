@@ -69,7 +69,8 @@ def _feature_cache(s: Scenario, layers: int) -> int:
     if not s.plan.feature_cache:
         return 0
     frames = min(s.context_frames, max(b.frames for b in s.plan.blocks))
-    # Under Ulysses a rank caches its heads' share; under ring every rank keeps the whole window's (gathered) K/V.
+    # Under Ulysses a rank caches its heads' share; under ring every rank keeps the cached frames' whole K/V
+    # (assembled from the chunks passing round the ring).
     return layers * 2 * s.rank_batch * frames * s.tokens_per_frame * s.shape.dim * s.dtype_bytes // s.ulysses
 
 
