@@ -316,9 +316,9 @@ class RunConfig(_Section):
         if par.decode == "rank0" and (par.decode_ranks is not None or par.decode_pieces is not None):
             raise ValueError("parallel.decode_ranks / decode_pieces apply to parallel.decode: pipeline; set it, "
                              "or drop them")
-        if par.decode == "pipeline" and par.pipeline * par.patch < 2:
+        if par.decode == "pipeline" and par.pipeline * par.patch * par.cfg * par.ulysses * par.ring < 2:
             raise ValueError("parallel.decode: pipeline spreads the decode over ranks, but this run has one rank "
-                             "(parallel.pipeline x parallel.patch = 1); use parallel.decode: rank0")
+                             "(parallel.cfg x pipeline x patch x ring x ulysses = 1); use parallel.decode: rank0")
         return self
 
     @model_validator(mode="after")
@@ -332,13 +332,6 @@ class RunConfig(_Section):
         if par.patch > 1 and (seq > 1 or par.cfg > 1):
             raise ValueError(f"parallel.patch = {par.patch} cannot be combined with parallel.ulysses / ring / cfg "
                              "yet (bands and sequence chunks both split a stage's tokens); use one of them")
-        if (seq > 1 or par.cfg > 1) and self.output.checkpoint_every:
-            # Checkpoints hold rank 0's queue; other first-stage ranks keep replicas a resume cannot restore yet.
-            raise ValueError("output.checkpoint_every is not supported with parallel.ulysses, ring or cfg > 1 yet; "
-                             "set output.checkpoint_every: 0")
-        if (seq > 1 or par.cfg > 1) and par.decode == "pipeline":
-            raise ValueError("parallel.decode: pipeline is not supported with parallel.ulysses, ring or cfg > 1 yet "
-                             "(their combination is untested); set parallel.decode: rank0")
         if par.sp_backend == "xfuser" and seq > 1 and self.model.device == "cpu":
             raise ValueError("parallel.sp_backend 'xfuser' needs CUDA (xfuser cannot even be imported without a "
                              "GPU), but model.device is 'cpu'; use parallel.sp_backend: torch or auto")

@@ -74,6 +74,59 @@ def _flatten(data, prefix: str = "") -> dict:
     return {k.rstrip("."): v for k, v in out.items()}
 
 
+def split_differences(stored: dict, current: dict) -> list[str]:
+    """Why a run checkpointed under `stored`'s split cannot continue under `current`'s with the same frames.
+
+    Every exact axis (pipeline, cfg, ulysses) gives the one-rank bits, so those degrees may change. Ring
+    attention merges its chunks' softmax sums in an order set by the token split (ring x ulysses), so
+    with ring > 1 on either side that split must stay as it was.
+    """
+    def split(config: dict) -> tuple[int, int]:
+        par = config.get("parallel") or {}
+        return int(par.get("ring", 1)), int(par.get("ulysses", 1))
+
+    (ring_a, uly_a), (ring_b, uly_b) = split(stored), split(current)
+    if max(ring_a, ring_b) == 1 or (ring_a, uly_a) == (ring_b, uly_b):
+        return []
+    return [f"parallel.ring x parallel.ulysses: {ring_a} x {uly_a} in the checkpoint, {ring_b} x {uly_b} now "
+            "(ring attention rounds differently for each token split, so the frames would not continue the "
+            f"stopped run's); resume with parallel.ring: {ring_a} and parallel.ulysses: {uly_a}"]
+
+
+def _resume_mismatch(out_dir: Path, stored: dict, current: dict, *, hint: str = "") -> ConfigError | None:
+    differences = config_differences(stored, current)
+    if differences:
+        return ConfigError(f"the checkpoint in {out_dir} was written for another video ("
+                           + "; ".join(differences) + f"){hint}")
+    splits = split_differences(stored, current)
+    if splits:
+        return ConfigError(f"the checkpoint in {out_dir} cannot be continued with this split: " + "; ".join(splits))
+    return None
+
+
+def send_queue(p2p, state: dict, ranks: list[int]) -> None:
+    """Driver, on resume: the restored block queue to every first-stage rank that keeps a replica of it."""
+    from paravideo.io.decode_pipeline import send_framed
+    from paravideo.parallel.comm import Tag
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+    for rank in ranks:  # tagged LATENTS: a decode rank's thread takes DECODE_STATE messages at the same time
+        send_framed(p2p, data, rank, tag=Tag.LATENTS, kind="resume_queue")
+
+
+def receive_queue(p2p, src: int) -> dict:
+    """A replica, on resume: the queue `send_queue` sent (tensors and plain data only, weights_only)."""
+    from paravideo.io.decode_pipeline import recv_framed
+    from paravideo.parallel.comm import Tag
+
+    data = recv_framed(p2p, src, tag=Tag.LATENTS, dtype=torch.uint8, what="the resumed block queue")
+    state = torch.load(io.BytesIO(data.numpy().tobytes()), map_location="cpu", weights_only=True)
+    p2p.pool.give(data)
+    return state
+
+
 def save_checkpoint(out_dir: Path, state: dict) -> Path:
     """Write `state` atomically (temp file, then rename): a crash mid-write keeps the previous one."""
     path = Path(out_dir) / CHECKPOINT_NAME
@@ -140,11 +193,11 @@ def check_resumable(out_dir: Path, config: dict) -> None:
 
     out_dir = Path(out_dir)
     state = load_checkpoint(out_dir, mmap=True)
-    differences = config_differences(json.loads(state["config_json"]), config)
-    if differences:
-        raise ConfigError(f"the checkpoint in {out_dir} was written for another video ("
-                          + "; ".join(differences) + "); resume with `paravideo generate --resume DIR`, which "
-                          "reuses the checkpoint's config (--set may change only how the run is launched)")
+    mismatch = _resume_mismatch(out_dir, json.loads(state["config_json"]), config,
+                                hint="; resume with `paravideo generate --resume DIR`, which reuses the checkpoint's "
+                                "config (--set may change only how the run is launched)")
+    if mismatch is not None:
+        raise mismatch
     try:
         segments = list(state["output"]["sink"]["segments"])
     except (KeyError, TypeError):
@@ -165,6 +218,10 @@ class Checkpointer:
     queue, the decoder's causal cache and the video position describe the whole run. (A step cache
     keeps K/V and residuals across iterations; it recomputes all of them in the iteration after each
     checkpoint, so a resumed run meets them as the uninterrupted run did: paravideo/cache/step_policy.py.)
+
+    First-stage ranks of other CFG groups and sequence chunks keep replicas of the same queue (they apply
+    the same guided predictions with their own scheduler copies, bit for bit), so one queue is saved
+    and a resume hands each replica a copy (`send_queue`): the checkpoint does not depend on those degrees.
     """
 
     def __init__(self, out_dir: Path, *, every: int, plan, driver, output, config_json: str):
@@ -177,6 +234,7 @@ class Checkpointer:
         # More state to save, by name: a function of the iteration's last forward (the step cache's log) ...
         self.extras: dict[str, Callable[[int], object]] = {}
         self.restored: dict[str, object] = {}  # ... and what a resume read back, by the same names
+        self.queue: dict | None = None  # the driver's queue a resume read back (replicas get a copy)
 
     def after_apply(self, fwd) -> None:
         """Checkpoint if `fwd` closes an iteration that is due (never after the last one)."""
@@ -195,11 +253,11 @@ class Checkpointer:
         """Load the checkpoint into the driver and output; returns the first forward to run."""
         state = load_checkpoint(self.out_dir)
         # generate's preflight has made this check before loading; a worker started another way repeats it.
-        differences = config_differences(json.loads(state["config_json"]), json.loads(self.config_json))
-        if differences:
-            raise ConfigError(f"the checkpoint in {self.out_dir} was written for another video ("
-                              + "; ".join(differences) + ")")
+        mismatch = _resume_mismatch(self.out_dir, json.loads(state["config_json"]), json.loads(self.config_json))
+        if mismatch is not None:
+            raise mismatch
         self.driver.load_state(state["driver"])
+        self.queue = state["driver"]
         self.output.load_state(state["output"])
         self.restored = state.get("extras", {})
         return self.driver.applied + 1

@@ -17,7 +17,7 @@ import torch
 
 from paravideo.cache.step_wiring import StepCacheParts, attach_step_cache
 from paravideo.config import RunConfig
-from paravideo.io.checkpoint import Checkpointer
+from paravideo.io.checkpoint import Checkpointer, receive_queue, send_queue
 from paravideo.io.decode_pipeline import PipelinedFrameStream, RemoteDecodeStage, decode_timeout_s
 from paravideo.io.decode_placement import DecodePlacement
 from paravideo.io.decoder_pieces import DecoderRange
@@ -83,6 +83,8 @@ def assemble_roles(rc: RoleContext, stack: ExitStack, *, before_forward: Callabl
         driver = BlockDriver(rc.model.plan, noise=_noise(rc), bank=rc.model.bank, recorder=rc.recorder,
                              on_block_done=_replica_done(rc, p2p))
     start_seq = _share_start(ctx, start_seq)
+    if start_seq:
+        _share_queue(rc, p2p, driver, checkpointer)
     decode_stage = _remote_decode_stage(rc, placement, start_seq)
     if decode_stage is not None:
         stack.callback(decode_stage.close)
@@ -136,6 +138,22 @@ def _remote_decode_stage(rc: RoleContext, placement: DecodePlacement | None,
                               checkpoint_every=rc.config.output.checkpoint_every, start_seq=start_seq)
     stage.start()
     return stage
+
+
+def _queue_replicas(layout: ParallelLayout) -> list[int]:
+    """First-stage ranks other than the driver holding whole frames of the queue (CFG groups, sequence chunks)."""
+    return [rank for rank in range(layout.world_size) if rank != DRIVER_RANK and layout.stage_of(rank) == 0
+            and layout.band_of(rank) == 0]
+
+
+def _share_queue(rc: RoleContext, p2p: P2P | None, driver: BlockDriver | None,
+                 checkpointer: Checkpointer | None) -> None:
+    """On resume: the driver hands the queue it read back to every replica, which continues from it."""
+    replicas = _queue_replicas(rc.layout)
+    if rc.ctx.is_driver and replicas:
+        send_queue(p2p, checkpointer.queue, replicas)
+    elif rc.ctx.rank in replicas:
+        driver.load_state(receive_queue(p2p, DRIVER_RANK))
 
 
 def _replica_done(rc: RoleContext, p2p: P2P | None):
