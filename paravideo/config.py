@@ -297,10 +297,11 @@ class RunConfig(_Section):
             raise ValueError(f"parallel.warmup_steps = {par.warmup_steps} exceeds sampling.steps = "
                              f"{self.sampling.steps}; use at most {self.sampling.steps} (equal to steps makes "
                              f"{par.patch_mode} exact)")
-        if par.patch > 1 and self.output.checkpoint_every:
-            # Checkpoints hold rank 0's queue; with bands the other first-stage ranks own rows of it.
-            raise ValueError("output.checkpoint_every is not supported with parallel.patch > 1 yet; set "
-                             "output.checkpoint_every: 0 or parallel.patch: 1")
+        if par.patch > 1 and par.patch_mode != "exact" and self.output.checkpoint_every:
+            # Checkpoints hold the queue (every band's rows), not the one-step-stale K/V of every band and layer.
+            raise ValueError(f"output.checkpoint_every is not supported with parallel.patch_mode = {par.patch_mode!r} "
+                             "(its one-step-stale K/V of every band and layer outlive an iteration and are not "
+                             "checkpointed); set parallel.patch_mode: exact or output.checkpoint_every: 0")
         return self
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from paravideo.errors import ConfigError
+from paravideo.io.queue_state import cut_rows
 from paravideo.io.write_error import write_error
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -79,18 +80,25 @@ def split_differences(stored: dict, current: dict) -> list[str]:
 
     Every exact axis (pipeline, cfg, ulysses) gives the one-rank bits, so those degrees may change. Ring
     attention merges its chunks' softmax sums in an order set by the token split (ring x ulysses), so
-    with ring > 1 on either side that split must stay as it was.
+    with ring > 1 on either side that split must stay as it was; so must the bands (a band of one token
+    row is not bit-identical to one rank on CPU).
     """
     def split(config: dict) -> tuple[int, int]:
         par = config.get("parallel") or {}
         return int(par.get("ring", 1)), int(par.get("ulysses", 1))
 
+    out = []
     (ring_a, uly_a), (ring_b, uly_b) = split(stored), split(current)
-    if max(ring_a, ring_b) == 1 or (ring_a, uly_a) == (ring_b, uly_b):
-        return []
-    return [f"parallel.ring x parallel.ulysses: {ring_a} x {uly_a} in the checkpoint, {ring_b} x {uly_b} now "
-            "(ring attention rounds differently for each token split, so the frames would not continue the "
-            f"stopped run's); resume with parallel.ring: {ring_a} and parallel.ulysses: {uly_a}"]
+    if max(ring_a, ring_b) > 1 and (ring_a, uly_a) != (ring_b, uly_b):
+        out.append(f"parallel.ring x parallel.ulysses: {ring_a} x {uly_a} in the checkpoint, {ring_b} x {uly_b} now "
+                   "(ring attention rounds differently for each token split, so the frames would not continue the "
+                   f"stopped run's); resume with parallel.ring: {ring_a} and parallel.ulysses: {uly_a}")
+    patch_a, patch_b = ((c.get("parallel") or {}).get("patch", 1) for c in (stored, current))
+    if max(patch_a, patch_b) > 1 and patch_a != patch_b:
+        out.append(f"parallel.patch: {patch_a} in the checkpoint, {patch_b} now (bands of one token row round "
+                   f"differently from whole frames, so other bands could change the frames); resume with "
+                   f"parallel.patch: {patch_a}")
+    return out
 
 
 def _resume_mismatch(out_dir: Path, stored: dict, current: dict, *, hint: str = "") -> ConfigError | None:
@@ -102,29 +110,6 @@ def _resume_mismatch(out_dir: Path, stored: dict, current: dict, *, hint: str = 
     if splits:
         return ConfigError(f"the checkpoint in {out_dir} cannot be continued with this split: " + "; ".join(splits))
     return None
-
-
-def send_queue(p2p, state: dict, ranks: list[int]) -> None:
-    """Driver, on resume: the restored block queue to every first-stage rank that keeps a replica of it."""
-    from paravideo.io.decode_pipeline import send_framed
-    from paravideo.parallel.comm import Tag
-
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
-    for rank in ranks:  # tagged LATENTS: a decode rank's thread takes DECODE_STATE messages at the same time
-        send_framed(p2p, data, rank, tag=Tag.LATENTS, kind="resume_queue")
-
-
-def receive_queue(p2p, src: int) -> dict:
-    """A replica, on resume: the queue `send_queue` sent (tensors and plain data only, weights_only)."""
-    from paravideo.io.decode_pipeline import recv_framed
-    from paravideo.parallel.comm import Tag
-
-    data = recv_framed(p2p, src, tag=Tag.LATENTS, dtype=torch.uint8, what="the resumed block queue")
-    state = torch.load(io.BytesIO(data.numpy().tobytes()), map_location="cpu", weights_only=True)
-    p2p.pool.give(data)
-    return state
 
 
 def save_checkpoint(out_dir: Path, state: dict) -> Path:
@@ -210,6 +195,23 @@ def check_resumable(out_dir: Path, config: dict) -> None:
                               "(there with output.overwrite: true, or into another output.dir)")
 
 
+class CheckpointTimes:
+    """When checkpoints are due: after every `every`-th iteration (never after the last), on every rank alike."""
+
+    def __init__(self, plan, every: int):
+        self.every, self.last = every, plan.iterations - 1
+        # Forwards come in iteration order, so the last one seen of an iteration closes it.
+        last_of = {fwd.iteration: fwd.seq for fwd in plan.forwards}
+        self._end_to_iteration = {seq: it for it, seq in last_of.items()}
+
+    def __call__(self, fwd) -> int | None:
+        """The iteration `fwd` closes if a checkpoint is due once it is applied, else None."""
+        iteration = self._end_to_iteration.get(fwd.seq)
+        if not self.every or iteration is None or (iteration + 1) % self.every or iteration == self.last:
+            return None
+        return iteration
+
+
 class Checkpointer:
     """Writes a checkpoint every `every` iterations on the driver rank and restores one on resume.
 
@@ -219,17 +221,17 @@ class Checkpointer:
     keeps K/V and residuals across iterations; it recomputes all of them in the iteration after each
     checkpoint, so a resumed run meets them as the uninterrupted run did: paravideo/cache/step_policy.py.)
 
-    First-stage ranks of other CFG groups and sequence chunks keep replicas of the same queue (they apply
-    the same guided predictions with their own scheduler copies, bit for bit), so one queue is saved
-    and a resume hands each replica a copy (`send_queue`): the checkpoint does not depend on those degrees.
+    The queue is saved in whole frames (io/queue_state.py): with patch bands every band sends its rows
+    at the checkpoint and a resume hands each its rows back; first-stage ranks of other CFG groups and
+    sequence chunks keep replicas of the queue (the same guided predictions through their own scheduler
+    copies, bit for bit) and a resume hands each a copy. So the checkpoint does not depend on the split.
     """
 
-    def __init__(self, out_dir: Path, *, every: int, plan, driver, output, config_json: str):
-        self.out_dir, self.every, self.plan = Path(out_dir), every, plan
+    def __init__(self, out_dir: Path, *, every: int, plan, driver, output, config_json: str, bands=None):
+        self.out_dir, self.plan = Path(out_dir), plan
         self.driver, self.output, self.config_json = driver, output, config_json
-        # Forwards come in iteration order, so the last one seen of an iteration closes it.
-        last_of = {fwd.iteration: fwd.seq for fwd in plan.forwards}
-        self._end_to_iteration = {seq: it for it, seq in last_of.items()}
+        self.due = CheckpointTimes(plan, every)
+        self.bands = bands  # with patch bands (io/queue_state.BandQueues): the queue's other rows
         self.written = 0
         # More state to save, by name: a function of the iteration's last forward (the step cache's log) ...
         self.extras: dict[str, Callable[[int], object]] = {}
@@ -238,14 +240,16 @@ class Checkpointer:
 
     def after_apply(self, fwd) -> None:
         """Checkpoint if `fwd` closes an iteration that is due (never after the last one)."""
-        iteration = self._end_to_iteration.get(fwd.seq)
-        if not self.every or iteration is None or (iteration + 1) % self.every or \
-                iteration == self.plan.iterations - 1:
+        iteration = self.due(fwd)
+        if iteration is None:
             return
+        queue = self.driver.state(iteration)
+        if self.bands is not None:
+            queue = self.bands.join(queue)
         self.output.flush()  # every finished block decoded and written before the cut
         self.output.sink.cut()
         save_checkpoint(self.out_dir, {"config_json": self.config_json, "iteration": iteration,
-                                       "driver": self.driver.state(iteration), "output": self.output.state(),
+                                       "driver": queue, "output": self.output.state(),
                                        "extras": {name: save(fwd.seq) for name, save in self.extras.items()}})
         self.written += 1
 
@@ -256,8 +260,8 @@ class Checkpointer:
         mismatch = _resume_mismatch(self.out_dir, json.loads(state["config_json"]), json.loads(self.config_json))
         if mismatch is not None:
             raise mismatch
-        self.driver.load_state(state["driver"])
         self.queue = state["driver"]
+        self.driver.load_state(cut_rows(self.queue, self.bands.rows[0]) if self.bands is not None else self.queue)
         self.output.load_state(state["output"])
         self.restored = state.get("extras", {})
         return self.driver.applied + 1

@@ -17,10 +17,11 @@ import torch
 
 from paravideo.cache.step_wiring import StepCacheParts, attach_step_cache
 from paravideo.config import RunConfig
-from paravideo.io.checkpoint import Checkpointer, receive_queue, send_queue
+from paravideo.io.checkpoint import Checkpointer, CheckpointTimes
 from paravideo.io.decode_pipeline import PipelinedFrameStream, RemoteDecodeStage, decode_timeout_s
 from paravideo.io.decode_placement import DecodePlacement
 from paravideo.io.decoder_pieces import DecoderRange
+from paravideo.io.queue_state import BandQueues, SendBandQueue, cut_rows, receive_queue, send_queue
 from paravideo.io.sink import PARTIAL_NAME, VideoSink
 from paravideo.io.stream import FrameStream
 from paravideo.parallel.cfg import COND, UNCOND, CombineWithPeer
@@ -82,6 +83,9 @@ def assemble_roles(rc: RoleContext, stack: ExitStack, *, before_forward: Callabl
     elif rc.model.stage_index == 0:
         driver = BlockDriver(rc.model.plan, noise=_noise(rc), bank=rc.model.bank, recorder=rc.recorder,
                              on_block_done=_replica_done(rc, p2p))
+        if rc.layout.band_of(ctx.rank):  # checkpoints hold every band's rows
+            due = CheckpointTimes(rc.model.plan, cfg.output.checkpoint_every)
+            driver.on_apply = SendBandQueue(p2p, DRIVER_RANK, due, driver.state)
     start_seq = _share_start(ctx, start_seq)
     if start_seq:
         _share_queue(rc, p2p, driver, checkpointer)
@@ -140,20 +144,25 @@ def _remote_decode_stage(rc: RoleContext, placement: DecodePlacement | None,
     return stage
 
 
-def _queue_replicas(layout: ParallelLayout) -> list[int]:
-    """First-stage ranks other than the driver holding whole frames of the queue (CFG groups, sequence chunks)."""
-    return [rank for rank in range(layout.world_size) if rank != DRIVER_RANK and layout.stage_of(rank) == 0
-            and layout.band_of(rank) == 0]
+def _band_rows(rc: RoleContext) -> list[tuple[int, int]]:
+    """Latent rows [lo, hi) of every band, top band first."""
+    patch_rows = rc.model.geometry.patch_hw[0]
+    return [(b.lo * patch_rows, b.hi * patch_rows) for b in rc.model.split.bands]
 
 
 def _share_queue(rc: RoleContext, p2p: P2P | None, driver: BlockDriver | None,
                  checkpointer: Checkpointer | None) -> None:
-    """On resume: the driver hands the queue it read back to every replica, which continues from it."""
-    replicas = _queue_replicas(rc.layout)
-    if rc.ctx.is_driver and replicas:
-        send_queue(p2p, checkpointer.queue, replicas)
-    elif rc.ctx.rank in replicas:
-        driver.load_state(receive_queue(p2p, DRIVER_RANK))
+    """On resume: the driver hands every other first-stage rank its part of the queue it read back (a band its
+    rows, a CFG group's or sequence chunk's replica the whole), which continues from it."""
+    layout = rc.layout
+    holders = [rank for rank in range(layout.world_size) if rank != DRIVER_RANK and layout.stage_of(rank) == 0]
+    if rc.ctx.is_driver:
+        rows = _band_rows(rc)
+        for rank in holders:
+            state = cut_rows(checkpointer.queue, rows[layout.band_of(rank)]) if layout.patch > 1 else checkpointer.queue
+            send_queue(p2p, state, rank)
+    elif rc.ctx.rank in holders:
+        driver.load_state(receive_queue(p2p, DRIVER_RANK, what="its part of the resumed block queue"))
 
 
 def _replica_done(rc: RoleContext, p2p: P2P | None):
@@ -231,8 +240,9 @@ def _driver_side(rc: RoleContext, stack: ExitStack, p2p: P2P | None, on_output: 
     driver = BlockDriver(model.plan, noise=_noise(rc), bank=model.bank, on_block_done=emit,
                          on_apply=lambda fwd: (progress.update(1), checkpointer.after_apply(fwd)),
                          recorder=rc.recorder)
+    bands = BandQueues(p2p, rc.layout.band_ranks(0), _band_rows(rc)) if rc.layout.patch > 1 else None
     checkpointer = Checkpointer(Path(cfg.output.dir), every=cfg.output.checkpoint_every, plan=model.plan,
-                                driver=driver, output=output, config_json=json.dumps(cfg.resolved()))
+                                driver=driver, output=output, config_json=json.dumps(cfg.resolved()), bands=bands)
     return driver, output, checkpointer, progress
 
 
