@@ -45,12 +45,6 @@ def _config(out: Path, parallel: dict):
                                                   "output": {**RUN["output"], "dir": str(out)}}))
 
 
-def _fail(run) -> None:
-    """Run `run()` (an inline one-rank generate) with the driver failing at its fault."""
-    with pytest.raises((RankFailure, RuntimeError), match="injected failure"):
-        run()
-
-
 def _resume_args(out: Path, parallel: dict) -> list[str]:
     """`paravideo generate --resume OUT` with the degrees (and a launch to match) set anew."""
     sets = {f"parallel.{key}": value for key, value in parallel.items()}
@@ -59,6 +53,7 @@ def _resume_args(out: Path, parallel: dict) -> list[str]:
 
 
 def _with_fault(fault: str | None, run):
+    """`run()` with PARAVIDEO_FAULT set to `fault` (none: unset)."""
     with pytest.MonkeyPatch.context() as mp:
         if fault is not None:
             mp.setenv("PARAVIDEO_FAULT", fault)

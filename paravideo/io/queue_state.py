@@ -19,7 +19,7 @@ from paravideo.io.decode_pipeline import recv_framed, send_framed
 from paravideo.parallel.comm import P2P, Tag
 
 ROW_DIM = 3  # latents are (batch, channels, frames, rows, cols)
-KIND = "resume_queue"
+KIND = "queue_state"  # run.json bytes: band rows at checkpoints, a resume handing out the queue
 
 
 def send_queue(p2p: P2P, state: dict, dst: int) -> None:
