@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from paravideo.errors import ConfigError
-from paravideo.io.queue_state import cut_rows
+from paravideo.io.queue_state import BandQueues, cut_rows
 from paravideo.io.write_error import write_error
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -227,11 +227,12 @@ class Checkpointer:
     copies, bit for bit) and a resume hands each a copy. So the checkpoint does not depend on the split.
     """
 
-    def __init__(self, out_dir: Path, *, every: int, plan, driver, output, config_json: str, bands=None):
+    def __init__(self, out_dir: Path, *, every: int, plan, driver, output, config_json: str,
+                 bands: BandQueues | None = None):
         self.out_dir, self.plan = Path(out_dir), plan
         self.driver, self.output, self.config_json = driver, output, config_json
         self.due = CheckpointTimes(plan, every)
-        self.bands = bands  # with patch bands (io/queue_state.BandQueues): the queue's other rows
+        self.bands = bands  # with patch bands: where the queue's other rows come from and go to
         self.written = 0
         # More state to save, by name: a function of the iteration's last forward (the step cache's log) ...
         self.extras: dict[str, Callable[[int], object]] = {}
