@@ -193,3 +193,12 @@ def test_band_rows_of_a_queue_join_to_the_whole_and_cut_back():
     lo, hi = rows[1]
     assert torch.equal(restored.step(pred[:, :, :, lo:hi], bank.timesteps[2], parts[1], return_dict=False)[0],
                        whole.step(pred, bank.timesteps[2], x, return_dict=False)[0][:, :, :, lo:hi])
+
+
+def test_stale_patch_modes_are_not_checkpointed(make_config):
+    from paravideo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"output.checkpoint_every is not supported with parallel.patch_mode = "
+                                          r"'pcpp' .*set parallel.patch_mode: exact"):
+        make_config(parallel={"patch": 2, "patch_mode": "pcpp", "warmup_steps": 2}, output={"checkpoint_every": 2})
+    make_config(parallel={"patch": 2}, output={"checkpoint_every": 2})  # exact bands are
