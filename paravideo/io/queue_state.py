@@ -33,7 +33,7 @@ def send_queue(p2p: P2P, state: dict, dst: int) -> None:
 def receive_queue(p2p: P2P, src: int, *, what: str) -> dict:
     """The queue state `send_queue` sent from `src`."""
     data = recv_framed(p2p, src, tag=Tag.LATENTS, dtype=torch.uint8, what=what)
-    state = torch.load(io.BytesIO(data.numpy().tobytes()), map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(data.cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
     p2p.pool.give(data)
     return state
 
