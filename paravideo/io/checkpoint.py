@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from paravideo.errors import ConfigError
+from paravideo.io.checkpoint_times import CheckpointTimes
 from paravideo.io.queue_state import BandQueues, cut_rows
 from paravideo.io.write_error import write_error
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -193,23 +194,6 @@ def check_resumable(out_dir: Path, config: dict) -> None:
             raise ConfigError(f"video segment {out_dir / SEGMENT_DIR / name} is {why}, so output.dir "
                               f"{str(out_dir)!r} cannot be resumed (the checkpoint needs it); start a new run "
                               "(there with output.overwrite: true, or into another output.dir)")
-
-
-class CheckpointTimes:
-    """When checkpoints are due: after every `every`-th iteration (never after the last), on every rank alike."""
-
-    def __init__(self, plan, every: int):
-        self.every, self.last = every, plan.iterations - 1
-        # Forwards come in iteration order, so the last one seen of an iteration closes it.
-        last_of = {fwd.iteration: fwd.seq for fwd in plan.forwards}
-        self._end_to_iteration = {seq: it for it, seq in last_of.items()}
-
-    def __call__(self, fwd) -> int | None:
-        """The iteration `fwd` closes if a checkpoint is due once it is applied, else None."""
-        iteration = self._end_to_iteration.get(fwd.seq)
-        if not self.every or iteration is None or (iteration + 1) % self.every or iteration == self.last:
-            return None
-        return iteration
 
 
 class Checkpointer:

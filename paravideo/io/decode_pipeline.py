@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from paravideo.errors import ParavideoError, describe_error
-from paravideo.io.decode_placement import WRITER_RANK, DecodePlacement, checkpoint_iterations, \
-    finished_frames_by_iteration
+from paravideo.io.checkpoint_times import CheckpointTimes
+from paravideo.io.decode_placement import WRITER_RANK, DecodePlacement, finished_frames_by_iteration
 from paravideo.io.decoder_pieces import DecoderRange, join_feat_map, split_feat_map
 from paravideo.io.stream import FrameStream
 from paravideo.io.vae_stream import to_uint8_frames
@@ -92,7 +92,7 @@ def recv_state_bytes(p2p: P2P, src: int) -> torch.Tensor:
 
 
 def state_from_bytes(data: torch.Tensor) -> dict:
-    return torch.load(io.BytesIO(data.numpy().tobytes()), map_location="cpu", weights_only=True)
+    return torch.load(io.BytesIO(data.cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
 
 
 class PipelinedFrameStream(FrameStream):
@@ -226,7 +226,7 @@ class RemoteDecodeStage:
         self.plan, self.resuming = plan, start_seq > 0
         after = plan.forwards[start_seq - 1].iteration if start_seq > 0 else -1
         finished = finished_frames_by_iteration(plan)
-        self._due = [finished[it] for it in checkpoint_iterations(plan, checkpoint_every, after=after)]
+        self._due = [finished[it] for it in CheckpointTimes(plan, checkpoint_every).iterations(after=after)]
         self.fault = DecodeFault.from_env()
         self.error: BaseException | None = None
         self._previous_handler = None

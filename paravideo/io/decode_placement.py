@@ -120,10 +120,3 @@ def finished_frames_by_iteration(plan) -> list[int]:
         total += done_at.get(it, 0)
         out.append(total)
     return out
-
-
-def checkpoint_iterations(plan, every: int, *, after: int = -1) -> list[int]:
-    """The iterations after which the Checkpointer writes (the same rule as io/checkpoint.py), past `after`."""
-    if not every:
-        return []
-    return [it for it in range(after + 1, plan.iterations - 1) if (it + 1) % every == 0]

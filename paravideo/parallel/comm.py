@@ -146,7 +146,8 @@ class P2P:
         self._sends: deque = deque()
 
     def _isend(self, tensor: torch.Tensor, dst: int, kind: str, tag: Tag) -> tuple[object, torch.Tensor]:
-        tensor = tensor.contiguous()
+        # Headers and state bytes are built on the CPU; NCCL sends only tensors on the rank's device.
+        tensor = tensor.to(self.device).contiguous()
         self.recorder.add_bytes(kind, tensor.numel() * tensor.element_size())
         return dist.isend(tensor, dst, tag=int(tag)), tensor
 
