@@ -133,12 +133,11 @@ def decoder_piece_traffic(vae_config: dict, latent_height: int, latent_width: in
     """The ops of each decoder piece (io/decoder_pieces.py) for a later latent frame, recorded on meta
     tensors (no weights, no compute)."""
     import torch
-    from diffusers import AutoencoderKLWan
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
     from torch.utils.flop_counter import flop_registry
 
-    from paravideo.io.decoder_pieces import DecoderRange
+    from paravideo.io.decoder_pieces import steady_state_pieces
 
     nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
 
@@ -167,21 +166,5 @@ def decoder_piece_traffic(vae_config: dict, latent_height: int, latent_width: in
                 self.ops.append(OpTraffic(flops=flops, bytes=moved, working_set=moved))
             return out
 
-    kwargs = {k: v for k, v in vae_config.items() if not k.startswith("_")}
-    with torch.device("meta"):
-        vae = AutoencoderKLWan(**kwargs)
-        z = torch.zeros(1, vae.config.z_dim, 2, latent_height, latent_width)
-    rng = DecoderRange(vae, 0, 1)
-    caches = [[None] * p.slots for p in rng.pieces]
-    x0 = rng.prepare(z)
-    out = []
-    with torch.no_grad():
-        for frame in range(2):  # the first frame fills the caches; the second is the steady state
-            x = x0[:, :, frame:frame + 1]
-            for piece, cache in zip(rng.pieces, caches):
-                record = Record()
-                with record:
-                    x = piece.run(x, cache, frame == 0)
-                if frame == 1:
-                    out.append(PieceTraffic(tuple(record.ops)))
-    return out
+    return [PieceTraffic(tuple(record.ops))
+            for record, _, _ in steady_state_pieces(vae_config, latent_height, latent_width, Record)]

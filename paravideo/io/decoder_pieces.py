@@ -160,11 +160,12 @@ class PieceCost:
     out_bytes: int
 
 
-def decoder_piece_costs(vae_config: dict, latent_height: int, latent_width: int) -> list[PieceCost]:
-    """Each decoder piece's cost (io/decoder_pieces.py), counted on meta tensors (no weights, no compute)."""
-    import torch
+def steady_state_pieces(vae_config: dict, latent_height: int, latent_width: int, watch: Callable[[], object]
+                        ) -> list[tuple[object, list, torch.Tensor]]:
+    """Run the decoder's pieces on meta tensors (no weights, no compute) for two latent frames; for the
+    second (the steady state: the first fills the caches) give each piece's `watch()` context manager,
+    as it stood after the piece ran inside it, with the piece's cache and output."""
     from diffusers import AutoencoderKLWan
-    from torch.utils.flop_counter import FlopCounterMode
 
     kwargs = {k: v for k, v in vae_config.items() if not k.startswith("_")}
     with torch.device("meta"):
@@ -175,12 +176,23 @@ def decoder_piece_costs(vae_config: dict, latent_height: int, latent_width: int)
     x0 = rng.prepare(z)
     out = []
     with torch.no_grad():
-        for frame in range(2):  # the first frame fills the caches; the second is the steady state
+        for frame in range(2):
             x = x0[:, :, frame:frame + 1]
             for piece, cache in zip(rng.pieces, caches):
-                with FlopCounterMode(display=False) as counter:
+                watcher = watch()
+                with watcher:
                     x = piece.run(x, cache, frame == 0)
                 if frame == 1:
-                    held = sum(c.numel() * c.element_size() for c in cache if isinstance(c, torch.Tensor))
-                    out.append(PieceCost(int(counter.get_total_flops()), held, x.numel() * x.element_size()))
+                    out.append((watcher, cache, x))
     return out
+
+
+def decoder_piece_costs(vae_config: dict, latent_height: int, latent_width: int) -> list[PieceCost]:
+    """Each decoder piece's cost (io/decoder_pieces.py), counted on meta tensors (no weights, no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return [PieceCost(int(counter.get_total_flops()),
+                      sum(c.numel() * c.element_size() for c in cache if isinstance(c, torch.Tensor)),
+                      x.numel() * x.element_size())
+            for counter, cache, x in steady_state_pieces(vae_config, latent_height, latent_width,
+                                                         lambda: FlopCounterMode(display=False))]
