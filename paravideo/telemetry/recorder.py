@@ -101,7 +101,9 @@ class Recorder:
             end = self.now()
             helper = threading.current_thread() is not threading.main_thread()
             with self._lock:
-                self.totals[kind] += end - start
+                # A helper thread's waits (a decode rank waiting for the next block) overlap the rank's own
+                # work; they are kept apart so `idle_s` stays the main thread's idle time.
+                self.totals[f"{IDLE}:helper" if helper and kind == IDLE else kind] += end - start
                 if kind == IO:
                     self.totals[f"{IO}:{name.split(' ', 1)[0]}"] += end - start
                 if self.keep_spans:
