@@ -10,7 +10,6 @@ import torch
 from conftest import BASE_CONFIG, deep_update
 from paravideo.cache.step_wiring import first_stage_ranks
 from paravideo.config import parse_config
-from paravideo.errors import ConfigError
 from paravideo.parallel.layout import ParallelLayout
 
 # As in test_sequence_parallel: 3 x 3 tokens per frame, windows of 3 latent frames (27 tokens: 14 + 13 over two
@@ -68,11 +67,11 @@ def test_every_first_stage_rank_holds_a_share_of_the_statistics():
     assert first_stage_ranks(ParallelLayout(pipeline=2)) == [0]
 
 
-def test_the_axes_are_accepted_and_checkpoints_with_them_still_refused(tmp_path):
+def test_the_axes_are_accepted_with_and_without_checkpoints(tmp_path):
     config = _config(tmp_path, TEACACHE, {"cfg": 2, "ulysses": 2})
     assert config.cache.step.policy == "teacache"
-    with pytest.raises(ConfigError, match=r"output\.checkpoint_every is not supported with parallel\.ulysses"):
-        _config(tmp_path, TEACACHE, {"ring": 2}, output={"dir": str(tmp_path), "checkpoint_every": 2})
+    resumable = _config(tmp_path, TEACACHE, {"ring": 2}, output={"dir": str(tmp_path), "checkpoint_every": 2})
+    assert resumable.output.checkpoint_every == 2 and resumable.parallel.ring == 2
 
 
 def _reused(report) -> list[list[int]]:
