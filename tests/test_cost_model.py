@@ -174,3 +174,23 @@ def test_profiles_are_strict(tmp_path):
     with pytest.raises(ConfigError, match="unknown hardware profile"):
         load_profile("no-such-gpu")
     assert isinstance(load_profile("cpu-local"), HardwareProfile)
+
+
+def test_time_sharing_stretches_overlapping_forwards_but_not_a_decode_that_runs_alone():
+    from types import SimpleNamespace
+
+    from paravideo.costmodel.cost_model import _slowdown
+    from paravideo.costmodel.simulate import RankTimeline, Replay
+
+    # One stage of 4 replicas (CFG 2 x Ulysses 2) on 2 cores: 10 s of forwards, then 5 s of decode alone.
+    stage = RankTimeline(spans=[("forward", "busy", 0.0, 10.0), ("decode", "io", 10.0, 15.0)], end_s=15.0)
+    s = SimpleNamespace(patch=1, replicas=4, threads_per_rank=1)
+    slow = _slowdown(s, SimpleNamespace(compute_slots=2), Replay(ranks=[stage], first_frame_s=15.0))
+    assert slow.busy == pytest.approx(2.0) and slow.io == pytest.approx(1.0)
+    # A decode beside the forwards of two ranks shares the cores with them.
+    ranks = [RankTimeline(spans=[("forward", "busy", 0.0, 10.0), ("decode", "io", 0.0, 10.0)], end_s=10.0),
+             RankTimeline(spans=[("forward", "busy", 0.0, 10.0)], end_s=10.0)]
+    slow = _slowdown(SimpleNamespace(patch=1, replicas=1, threads_per_rank=1), SimpleNamespace(compute_slots=2),
+                     Replay(ranks=ranks, first_frame_s=10.0))
+    assert slow.busy == pytest.approx(1.5) and slow.io == pytest.approx(1.5)
+    assert _slowdown(s, SimpleNamespace(compute_slots=None), Replay(ranks=[stage], first_frame_s=15.0)).busy == 1.0

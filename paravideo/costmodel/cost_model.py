@@ -75,16 +75,45 @@ class Prediction:
                 "max_peak_memory_bytes": self.max_peak_memory, "ranks": [r.to_json() for r in self.ranks]}
 
 
-def _slowdown(s: Scenario, profile: HardwareProfile, timeline: Replay) -> float:
-    """CPU time-sharing: ranks busy at once (on average) beyond the cores stretch every piece of work.
+@dataclass(frozen=True)
+class Slowdown:
+    """CPU time-sharing factors: how much longer the forwards and the decode take than on a free core."""
 
-    A GPU profile leaves compute_slots unset. Idle ranks block in a wait and take no core, so the
-    demand is the replayed busy share summed over ranks, not the rank count.
+    busy: float = 1.0
+    io: float = 1.0
+
+
+def _slowdown(s: Scenario, profile: HardwareProfile, timeline: Replay) -> Slowdown:
+    """CPU time-sharing: while more threads compute than there are cores, each piece of work stretches.
+
+    A GPU profile leaves compute_slots unset. Idle ranks block in a wait and take no core. Each stage's
+    timeline stands for its bands, CFG groups and sequence chunks (they compute side by side), but only
+    one of them decodes; the replay's spans say which work overlaps, so forwards that share the cores
+    with every other rank's are stretched more than a decode that runs alone at the end of the video.
     """
     if not profile.compute_slots or not timeline.loop_s:
-        return 1.0
-    busy = sum(r.busy_s + r.io_s for r in timeline.ranks) * s.patch * s.replicas / timeline.loop_s
-    return max(1.0, busy * s.threads_per_rank / profile.compute_slots)
+        return Slowdown()
+    events: list[tuple[float, float, float]] = []  # (time, change of busy threads, change of io threads)
+    for r in timeline.ranks:
+        for _, kind, start, end in r.spans:
+            if end <= start or kind not in ("busy", "io"):
+                continue
+            width = s.patch * s.replicas * s.threads_per_rank if kind == "busy" else s.threads_per_rank
+            busy, io = (width, 0.0) if kind == "busy" else (0.0, width)
+            events += [(start, busy, io), (end, -busy, -io)]
+    events.sort()
+    weighted = {"busy": 0.0, "io": 0.0}
+    total = {"busy": 0.0, "io": 0.0}
+    busy = io = 0.0
+    for (t, d_busy, d_io), (t_next, _, _) in zip(events, events[1:]):
+        busy, io = busy + d_busy, io + d_io
+        length = t_next - t
+        stretch = max(1.0, (busy + io) / profile.compute_slots)
+        for kind, width in (("busy", busy), ("io", io)):
+            total[kind] += width * length
+            weighted[kind] += width * length * stretch
+    factor = {k: weighted[k] / total[k] if total[k] > 1e-12 else 1.0 for k in total}
+    return Slowdown(busy=factor["busy"], io=factor["io"])
 
 
 def predict(s: Scenario, profile: HardwareProfile, decode: DecodeShape | None = None) -> Prediction:
@@ -92,8 +121,9 @@ def predict(s: Scenario, profile: HardwareProfile, decode: DecodeShape | None = 
     decode = decode if decode is not None else DecodeShape.of(s)
     timeline: Replay = replay(s.plan, schedule_costs(s, profile, decode), stages=s.pipeline)
     slow = _slowdown(s, profile, timeline)
-    if slow > 1.0:
-        timeline = replay(s.plan, schedule_costs(s, profile, decode, slow), stages=s.pipeline)
+    if slow.busy > 1.0 or slow.io > 1.0:
+        timeline = replay(s.plan, schedule_costs(s, profile, decode, slow.busy, decode_slow=slow.io),
+                          stages=s.pipeline)
     traffic = traffic_by_rank(s.traffic)
     memory = memory_by_rank(s, profile, decode)
     startup = startup_seconds(s, profile, decode)

@@ -75,8 +75,11 @@ def _sequence_s(s: Scenario, profile: HardwareProfile, seq: int) -> tuple[float,
     return layer, gather
 
 
-def schedule_costs(s: Scenario, profile: HardwareProfile, decode: DecodeShape, slow: float = 1.0) -> ScheduleCosts:
-    """Seconds of every piece of work and message of band 0 (the largest) of each stage, slowed by `slow`."""
+def schedule_costs(s: Scenario, profile: HardwareProfile, decode: DecodeShape, slow: float = 1.0, *,
+                   decode_slow: float | None = None) -> ScheduleCosts:
+    """Seconds of every piece of work and message of band 0 (the largest) of each stage; the DiT's work
+    slowed by `slow`, the decode by `decode_slow` (default `slow`)."""
+    decode_slow = slow if decode_slow is None else decode_slow
     rate = profile.dit_flops_per_s / slow
     call = profile.call_overhead_s * slow
     layers_s: list[list[float]] = [[] for _ in s.ranges]
@@ -107,7 +110,7 @@ def schedule_costs(s: Scenario, profile: HardwareProfile, decode: DecodeShape, s
     frame_s = decode_frame_seconds(s, profile, decode)
     first = decode.first_frame_flops / decode.frame_flops if decode.frame_flops else 1.0
     # [rank][block]: seconds of the rank's decode pieces for the block's latent frames (video frame 0 is cheaper)
-    decode_s = {r: [sum(later * (first if f == 0 else 1.0) for f in range(b.start, b.stop)) * slow
+    decode_s = {r: [sum(later * (first if f == 0 else 1.0) for f in range(b.start, b.stop)) * decode_slow
                     for b in s.plan.blocks] for r, later in frame_s.items()}
     none = [0.0] * len(s.plan.blocks)
     received = _decode_input_s(s, profile, decode)
