@@ -75,23 +75,33 @@ def recv_framed(p2p: P2P, src: int, *, tag: Tag, dtype: torch.dtype, what: str) 
     return p2p.wait(p2p.post_recv(shape, dtype, src, what=what, tag=tag))
 
 
-def send_state(p2p: P2P, state: dict, dst: int) -> None:
-    """Send a decode state (tensors and plain data) as bytes."""
+def send_saved(p2p: P2P, state: dict, dst: int, *, tag: Tag, kind: str) -> None:
+    """Send tensors and plain data as `torch.save` bytes (read back with `weights_only=True`)."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    send_framed(p2p, torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), dst,
-                tag=Tag.DECODE_STATE, kind="decode_state")
+    send_framed(p2p, torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), dst, tag=tag, kind=kind)
 
 
-def recv_state_bytes(p2p: P2P, src: int) -> torch.Tensor:
-    """The bytes of a decode state from `src` (kept as a tensor: checkpoints load with weights_only)."""
-    data = recv_framed(p2p, src, tag=Tag.DECODE_STATE, dtype=torch.uint8, what=f"decode state of rank {src}")
-    out = data.clone()
+def recv_saved_bytes(p2p: P2P, src: int, *, tag: Tag, what: str) -> torch.Tensor:
+    """The bytes `send_saved` sent from `src`, as a CPU tensor (the pooled receive buffer is given back)."""
+    data = recv_framed(p2p, src, tag=tag, dtype=torch.uint8, what=what)
+    out = data.cpu().clone()
     p2p.pool.give(data)
     return out
 
 
+def send_state(p2p: P2P, state: dict, dst: int) -> None:
+    """Send a decode state (tensors and plain data) as bytes."""
+    send_saved(p2p, state, dst, tag=Tag.DECODE_STATE, kind="decode_state")
+
+
+def recv_state_bytes(p2p: P2P, src: int) -> torch.Tensor:
+    """The bytes of a decode state from `src` (kept as a tensor: checkpoints load with weights_only)."""
+    return recv_saved_bytes(p2p, src, tag=Tag.DECODE_STATE, what=f"decode state of rank {src}")
+
+
 def state_from_bytes(data: torch.Tensor) -> dict:
+    """What `send_saved` sent, from its bytes (tensors and plain data only)."""
     return torch.load(io.BytesIO(data.cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
 
 

@@ -10,12 +10,11 @@ replicas of the queue and get a copy. The queue travels as `torch.save` bytes (r
 
 from __future__ import annotations
 
-import io
 from typing import Callable
 
 import torch
 
-from paravideo.io.decode_pipeline import recv_framed, send_framed
+from paravideo.io.decode_pipeline import recv_saved_bytes, send_saved, state_from_bytes
 from paravideo.parallel.comm import P2P, Tag
 
 ROW_DIM = 3  # latents are (batch, channels, frames, rows, cols)
@@ -24,18 +23,12 @@ KIND = "queue_state"  # run.json bytes: band rows at checkpoints, a resume handi
 
 def send_queue(p2p: P2P, state: dict, dst: int) -> None:
     """Send a queue state (tensors and plain data) to `dst`."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    send_framed(p2p, torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8), dst, tag=Tag.LATENTS,
-                kind=KIND)
+    send_saved(p2p, state, dst, tag=Tag.LATENTS, kind=KIND)
 
 
 def receive_queue(p2p: P2P, src: int, *, what: str) -> dict:
     """The queue state `send_queue` sent from `src`."""
-    data = recv_framed(p2p, src, tag=Tag.LATENTS, dtype=torch.uint8, what=what)
-    state = torch.load(io.BytesIO(data.cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
-    p2p.pool.give(data)
-    return state
+    return state_from_bytes(recv_saved_bytes(p2p, src, tag=Tag.LATENTS, what=what))
 
 
 def _same(a, b) -> bool:
