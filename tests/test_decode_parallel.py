@@ -127,15 +127,13 @@ def test_decode_placement_is_validated(make_config):
         make_config(parallel={"decode": "pipeline"})
     with pytest.raises(ConfigError, match="apply to parallel.decode: pipeline"):
         make_config(parallel={"pipeline": 2, "decode_pieces": [3, 10]})
-    from paravideo.io.decode_placement import make_placement
+    from paravideo.io.decode_placement import chain_ranks, placement_of
 
-    costs = [1.0] * 13
     with pytest.raises(ConfigError, match="must start with rank 0"):
-        make_placement(world_size=2, num_pieces=13, piece_costs=costs, ranks=[1, 0], counts=None)
+        chain_ranks(world_size=2, num_pieces=13, ranks=[1, 0])
     with pytest.raises(ConfigError, match="sum to the decoder's 13 pieces"):
-        make_placement(world_size=2, num_pieces=13, piece_costs=costs, ranks=None, counts=[3, 3])
-    placement = make_placement(world_size=3, num_pieces=4, piece_costs=[1, 1, 1, 5], ranks=None, counts=None,
-                               base=[2, 0, 0])
+        placement_of(chain_ranks(world_size=2, num_pieces=13, ranks=None), [3, 3], 13)
+    placement = placement_of(chain_ranks(world_size=3, num_pieces=4, ranks=None), [1, 2, 1], 4)
     assert placement.cuts == (0, 1, 3, 4) and placement.next_of(2) == 0 and placement.range_of(1) == (1, 3)
 
 

@@ -47,31 +47,6 @@ class DecodePlacement:
         return {"ranks": list(self.ranks), "pieces": [b - a for a, b in zip(self.cuts, self.cuts[1:])]}
 
 
-def balanced_counts(costs: list[float], parts: int, base: list[float] | None = None) -> list[int]:
-    """Pieces per part (contiguous, each >= 1) minimising the largest part's `base + cost` (exhaustive DP)."""
-    n = len(costs)
-    base = base or [0.0] * parts
-    prefix = [0.0]
-    for c in costs:
-        prefix.append(prefix[-1] + c)
-    # best[p][i]: the smallest max load placing the first i pieces on the first p parts.
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(parts + 1)]
-    cut = [[0] * (n + 1) for _ in range(parts + 1)]
-    best[0][0] = 0.0
-    for p in range(1, parts + 1):
-        for i in range(p, n - (parts - p) + 1):
-            for j in range(p - 1, i):
-                load = max(best[p - 1][j], base[p - 1] + prefix[i] - prefix[j])
-                if load < best[p][i]:
-                    best[p][i], cut[p][i] = load, j
-    counts, i = [], n
-    for p in range(parts, 0, -1):
-        counts.append(i - cut[p][i])
-        i = cut[p][i]
-    return counts[::-1]
-
-
 def chain_ranks(*, world_size: int, num_pieces: int, ranks: list[int] | None) -> list[int]:
     """The decode ranks in frame order (parallel.decode_ranks, checked); default: every rank in order, at most
     one per piece."""
@@ -97,16 +72,6 @@ def placement_of(ranks: list[int], counts: list[int], num_pieces: int) -> Decode
     for c in counts:
         cuts.append(cuts[-1] + c)
     return DecodePlacement(tuple(ranks), tuple(cuts))
-
-
-def make_placement(*, world_size: int, num_pieces: int, piece_costs: list[float], ranks: list[int] | None,
-                   counts: list[int] | None, base: list[float] | None = None) -> DecodePlacement:
-    """The placement of the decode alone: `counts` or balanced by `piece_costs` on top of each decode rank's
-    `base` load (parallel/balance.py chooses it together with the layers)."""
-    ranks = chain_ranks(world_size=world_size, num_pieces=num_pieces, ranks=ranks)
-    if counts is None:
-        counts = balanced_counts(piece_costs, len(ranks), base)
-    return placement_of(ranks, counts, num_pieces)
 
 
 def finished_frames_by_iteration(plan) -> list[int]:
